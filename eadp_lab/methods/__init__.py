@@ -1,0 +1,11 @@
+"""Pruning methods behind one registry: ``prune(name, inputs, budget)``.
+
+Names: ``none``, ``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``, ``divprune``,
+``cdpruner``.
+"""
+
+from . import cdpruner, divprune, eadp, pool, random  # noqa: F401  (registers the methods)
+from .base import METHODS, Method, PruneInputs, PruneResult, prune, register
+from .eadp import EADPTrace, score
+
+__all__ = ["METHODS", "Method", "PruneInputs", "PruneResult", "prune", "register", "EADPTrace", "score"]

@@ -1,0 +1,345 @@
+"""The shared vocabulary of every pruning method: inputs, result, registry and :func:`prune`.
+
+A method takes the visual tokens of a batch of *rows* (images, crops or frames; the crops
+or frames of one image are consecutive rows) and returns which tokens the language model
+keeps. Methods are plain functions registered by name, so any of them can be compared in
+one process; settings are frozen dataclasses serialised with every result. Taught in
+``notebooks/00_tour``.
+
+Shapes: ``R`` rows, ``N`` tokens per row, ``D`` selection width, ``C`` scoring width,
+``I`` images (``I == R`` unless images have several crops or frames), ``M`` text queries
+per image, ``L`` text positions, ``T`` picks per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .._checks import check_budget, check_choice, check_finite, check_ndim, check_same
+from ..select import gather_kept, keep_mask_from_picks
+
+__all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune", "stable_topk"]
+
+
+@dataclass
+class PruneInputs:
+    """What a pruning method may look at, for a batch of rows.
+
+    Attributes:
+        features: ``(R, N, D)`` selection features ``F`` (what the language model receives).
+        image_embeds: ``(R, N, C)`` scoring embeddings ``V``; ``None`` scores in ``features``'
+            space (the Qwen2.5-VL setting).
+        text_embeds: ``(I, M, C)`` global text embeddings ``g``; ``None``: the masked mean of
+            ``text_embeds_seq`` (the published Qwen2.5-VL rule).
+        text_embeds_seq: ``(I, M, L, C)`` dense text embeddings ``S``.
+        text_mask: ``(I, M, L)`` bool, True on the positions that are scored.
+        grid: ``(H, W)`` token grid of each row; ``None``: square, from ``N``.
+        rows_per_image: rows of each image, consecutive; ``None``: one row per image.
+    """
+
+    features: torch.Tensor
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    text_embeds_seq: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    rows_per_image: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        check_ndim("features", self.features, 3, "(R, N, D)")
+        check_finite("features", self.features)
+        R, N, _ = self.features.shape
+        if N == 0:
+            raise ValueError("features has no visual tokens (N = 0)")
+        if self.image_embeds is not None:
+            check_ndim("image_embeds", self.image_embeds, 3, "(R, N, C)")
+            check_same("(R, N)", features=tuple(self.features.shape[:2]), image_embeds=tuple(self.image_embeds.shape[:2]))
+            check_finite("image_embeds", self.image_embeds)
+        if self.rows_per_image is None:
+            self.rows_per_image = (1,) * R
+        self.rows_per_image = tuple(int(k) for k in self.rows_per_image)
+        if sum(self.rows_per_image) != R or min(self.rows_per_image) < 1:
+            raise ValueError(f"rows_per_image {self.rows_per_image} must be positive and add up to the {R} rows of features")
+        if self.text_embeds_seq is not None:
+            check_ndim("text_embeds_seq", self.text_embeds_seq, 4, "(I, M, L, C)")
+            check_finite("text_embeds_seq", self.text_embeds_seq)
+            check_same("I (images)", rows_per_image=self.num_images, text_embeds_seq=self.text_embeds_seq.shape[0])
+            if self.text_mask is not None:
+                check_same("text mask shape", text_embeds_seq=tuple(self.text_embeds_seq.shape[:3]),
+                           text_mask=tuple(self.text_mask.shape))
+                self.text_mask = self.text_mask.bool()
+        elif self.text_mask is not None:
+            raise ValueError("text_mask given without text_embeds_seq")
+        if self.text_embeds is not None:
+            check_ndim("text_embeds", self.text_embeds, 3, "(I, M, C)")
+            check_finite("text_embeds", self.text_embeds)
+            check_same("I (images)", rows_per_image=self.num_images, text_embeds=self.text_embeds.shape[0])
+        if self.grid is not None:
+            self.grid = (int(self.grid[0]), int(self.grid[1]))
+
+    @property
+    def num_rows(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.rows_per_image)
+
+    @property
+    def scoring_embeds(self) -> torch.Tensor:
+        """``(R, N, C)``: ``image_embeds``, or ``features`` when scoring in LLM space."""
+        return self.features if self.image_embeds is None else self.image_embeds
+
+    def require_text(self, method: str) -> None:
+        """Raise unless the inputs carry an instruction with at least one text token."""
+        if self.text_embeds_seq is None and self.text_embeds is None:
+            raise ValueError(f"method {method!r} is text-guided: give text_embeds_seq (and/or text_embeds)")
+        if self.text_embeds_seq is not None:
+            if self.text_embeds_seq.shape[2] == 0 or (
+                self.text_mask is not None and bool((self.text_mask.sum(-1) == 0).any())
+            ):
+                raise ValueError("text_embeds_seq has no text tokens for some image (empty instruction)")
+
+    def per_row(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Repeat a per-image tensor ``(I, ...)`` to one entry per row ``(R, ...)``."""
+        counts = torch.tensor(self.rows_per_image, device=tensor.device)
+        return torch.repeat_interleave(tensor, counts, dim=0)
+
+    def global_text(self) -> torch.Tensor:
+        """``(I, M, C)``: ``text_embeds``, or the masked mean of ``text_embeds_seq``."""
+        if self.text_embeds is not None:
+            return self.text_embeds
+        seq = self.text_embeds_seq.float()
+        if self.text_mask is None:
+            return seq.mean(2)
+        mask = self.text_mask[..., None].float()
+        return (seq * mask).sum(2) / mask.sum(2).clamp(min=1)
+
+    def resolved_grid(self, strict: bool = True) -> tuple[int, int] | None:
+        """The rows' ``(H, W)`` grid: ``grid``, or square from ``N``.
+
+        Raises if it does not match ``N`` and ``strict``; returns ``None`` then otherwise.
+        """
+        N = self.num_tokens
+        grid = self.grid
+        if grid is None:
+            side = math.isqrt(N)
+            grid = (side, side) if side * side == N else None
+        if grid is None or grid[0] * grid[1] != N:
+            if strict:
+                raise ValueError(
+                    f"grid {self.grid} does not match N = {N} tokens per row; give grid=(H, W) "
+                    "or set on_grid_mismatch='skip' to skip smoothing explicitly"
+                )
+            return None
+        return grid
+
+    def images(self, index: list[int] | None = None) -> list["PruneInputs"]:
+        """The inputs of single images (their rows and text), one :class:`PruneInputs` each.
+
+        Text positions masked out for every query of an image are dropped, so an image's
+        inputs are the same whatever padding its batch needed. ``index``: which images
+        (default all).
+        """
+        starts = [0]
+        for k in self.rows_per_image:
+            starts.append(starts[-1] + k)
+        out = []
+        for i in range(self.num_images) if index is None else index:
+            rows = slice(starts[i], starts[i + 1])
+            seq, mask = self.text_embeds_seq, self.text_mask
+            if seq is not None:
+                seq, mask = seq[i : i + 1], None if mask is None else mask[i : i + 1]
+                if mask is not None:
+                    used = mask[0].any(0)  # (L,)
+                    seq, mask = seq[:, :, used], mask[:, :, used]
+                    if bool(mask.all()):
+                        mask = None
+            out.append(PruneInputs(
+                features=self.features[rows],
+                image_embeds=None if self.image_embeds is None else self.image_embeds[rows],
+                text_embeds=None if self.text_embeds is None else self.text_embeds[i : i + 1],
+                text_embeds_seq=seq,
+                text_mask=mask,
+                grid=self.grid,
+                rows_per_image=(self.rows_per_image[i],),
+            ))
+        return out
+
+    def text_positions(self, image: int) -> torch.Tensor:
+        """``(L_i,)`` original indices of the text positions kept by :meth:`images` for one image."""
+        L = self.text_embeds_seq.shape[2]
+        if self.text_mask is None:
+            return torch.arange(L)
+        return torch.nonzero(self.text_mask[image].any(0).cpu()).flatten()
+
+
+@dataclass
+class PruneResult:
+    """What a method decided for a batch of rows, with everything a notebook wants to plot.
+
+    Attributes:
+        method: registry name; settings: the method's settings as a dict.
+        budget: tokens per row asked for (per crop or frame before allocation).
+        picks: ``(R, T)`` long, token indices in pick order; only the first ``quotas[r]``
+            of row ``r`` count. For merging methods (``pool``), the token at the centre of
+            each merged cell, in output order (for position ids).
+        quotas: ``(R,)`` long, tokens kept per row.
+        keep_mask: ``(R, N)`` bool, True on kept tokens.
+        importance: ``(R, N)`` float32 score the method ranked by, or ``None``.
+        merged: ``(R, T, D)`` output tokens of a merging method, ``None`` for selection.
+        trace: method-specific intermediates, one per image (a list; see
+            :class:`eadp_lab.methods.eadp.EADPTrace`), or ``None``.
+    """
+
+    method: str
+    settings: dict
+    budget: int
+    picks: torch.Tensor
+    quotas: torch.Tensor
+    keep_mask: torch.Tensor
+    importance: torch.Tensor | None = None
+    merged: torch.Tensor | None = None
+    trace: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def concat(results: list["PruneResult"]) -> "PruneResult":
+        """Stack per-image results into one batch result (picks padded with -1)."""
+        first = results[0]
+        T = max(r.picks.shape[1] for r in results)
+        picks = torch.cat([torch.nn.functional.pad(r.picks, (0, T - r.picks.shape[1]), value=-1) for r in results])
+
+        def cat(name):
+            parts = [getattr(r, name) for r in results]
+            return None if parts[0] is None else torch.cat(parts)
+
+        traces = [t for r in results for t in (r.trace or [])]
+        return PruneResult(
+            method=first.method, settings=first.settings, budget=first.budget, picks=picks,
+            quotas=cat("quotas"), keep_mask=cat("keep_mask"), importance=cat("importance"),
+            merged=cat("merged"), trace=traces or None, extra=first.extra,
+        )
+
+    @property
+    def num_kept(self) -> int:
+        return int(self.quotas.sum())
+
+    def kept_indices(self, row: int) -> torch.Tensor:
+        """Kept token indices of one row, ascending (``(quotas[row],)`` long)."""
+        if self.merged is not None:
+            return self.picks[row, : int(self.quotas[row])]
+        return torch.nonzero(self.keep_mask[row]).flatten()
+
+    def gather(self, features: torch.Tensor) -> torch.Tensor:
+        """``(sum of quotas, D)``: the tokens the language model receives, row after row.
+
+        Selection keeps ``features``' rows in their original order; merging methods return
+        their merged tokens (``features`` must then be the ones they merged).
+        """
+        if self.merged is not None:
+            return torch.cat([self.merged[r, : int(q)] for r, q in enumerate(self.quotas.tolist())])
+        return gather_kept(features, self.keep_mask)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning method."""
+
+    name: str
+    run: Callable[[PruneInputs, int, Any], PruneResult]
+    settings: type
+    text_guided: bool
+    reference: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, settings: type, text_guided: bool, reference: str):
+    """Decorator: register ``run(inputs, budget, settings) -> PruneResult`` under ``name``.
+
+    ``run`` sees one image at a time (its crops or frames as rows); :func:`prune` batches.
+    """
+
+    def wrap(run):
+        METHODS[name] = Method(name, run, settings, text_guided, reference)
+        return run
+
+    return wrap
+
+
+def stable_topk(importance: torch.Tensor, k: int) -> torch.Tensor:
+    """``(R, k)`` indices of the ``k`` largest entries per row, descending, lowest index on ties."""
+    return torch.argsort(importance.float(), dim=-1, descending=True, stable=True)[:, :k]
+
+
+def selection_result(
+    method: str, settings, budget: int, picks: torch.Tensor, num_tokens: int, quotas: torch.Tensor | None = None,
+    **fields,
+) -> PruneResult:
+    """A :class:`PruneResult` from picks in pick order (quotas default to every pick)."""
+    if quotas is None:
+        quotas = torch.full((picks.shape[0],), picks.shape[1], dtype=torch.long, device=picks.device)
+    return PruneResult(
+        method=method,
+        settings=dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings or {}),
+        budget=budget,
+        picks=picks,
+        quotas=quotas,
+        keep_mask=keep_mask_from_picks(picks, quotas, num_tokens),
+        **fields,
+    )
+
+
+def prune(method: str, inputs: PruneInputs, budget: int, settings=None, **overrides) -> PruneResult:
+    """Run a registered method on one batch.
+
+    Args:
+        method: a name of :data:`METHODS` (``none``, ``eadp``, ``topk``, ``topk_dense``,
+            ``random``, ``pool``, ``divprune``, ``cdpruner``).
+        inputs: the batch, as :class:`PruneInputs`.
+        budget: tokens kept per row (per crop or frame; EADP may re-allocate them across
+            an image's rows). A budget of ``N`` or more keeps every token, in order.
+        settings: an instance of the method's settings dataclass (e.g. an
+            :class:`~eadp_lab.config.EADPConfig` preset); ``None``: its defaults.
+        **overrides: fields of the settings to change.
+    Returns:
+        A :class:`PruneResult`.
+    """
+    check_choice("method", method, METHODS)
+    entry = METHODS[method]
+    budget = check_budget(budget)
+    if settings is None:
+        settings = entry.settings()
+    elif not isinstance(settings, entry.settings):
+        raise ValueError(f"settings for {method!r} must be a {entry.settings.__name__}, got {type(settings).__name__}")
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    if entry.text_guided:
+        inputs.require_text(method)
+    # One image at a time: an image's result never depends on the rest of its batch
+    # (batched matmuls and convolutions round differently for different batch sizes).
+    return PruneResult.concat([entry.run(image, budget, settings) for image in inputs.images()])
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A method without settings."""
+
+
+@register("none", NoSettings, text_guided=False, reference="no pruning: every visual token is kept")
+def keep_all(inputs: PruneInputs, budget: int, settings: NoSettings) -> PruneResult:
+    """Keep every token, in order (the unpruned model)."""
+    R, N = inputs.num_rows, inputs.num_tokens
+    picks = torch.arange(N, device=inputs.features.device).expand(R, N).clone()
+    return selection_result("none", settings, budget, picks, N)

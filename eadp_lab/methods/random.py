@@ -1,0 +1,34 @@
+"""Seeded random selection: the floor every text-guided method must clear.
+
+Random token dropping is the standard sanity baseline of the token-pruning literature
+(e.g. the random baselines of FastV, Chen et al., ECCV 2024, and of DivPrune, Alvar et
+al., CVPR 2025). Taught in ``notebooks/04_full_model_benchmarks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import PruneInputs, PruneResult, register, selection_result
+
+__all__ = ["RandomSettings", "run_random"]
+
+
+@dataclass(frozen=True)
+class RandomSettings:
+    """Every row draws the same permutation from ``seed``, so a row's picks never depend on
+    its batch; vary ``seed`` per sample (e.g. by question index) to average over draws."""
+
+    seed: int = 0
+
+
+@register("random", RandomSettings, text_guided=False, reference="uniformly random tokens, fixed by a seed")
+def run_random(inputs: PruneInputs, budget: int, settings: RandomSettings) -> PruneResult:
+    """Keep ``budget`` tokens drawn uniformly without replacement (CPU generator, any device)."""
+    R, N = inputs.num_rows, inputs.num_tokens
+    generator = torch.Generator().manual_seed(settings.seed)
+    order = torch.randperm(N, generator=generator)[: min(budget, N)]
+    picks = order.to(inputs.features.device).expand(R, -1).clone()
+    return selection_result("random", settings, budget, picks, N)
