@@ -33,7 +33,7 @@ def pooled_grid(grid: tuple[int, int], budget: int) -> tuple[int, int]:
         w = min(W, budget // h)
         if w < 1:
             break
-        key = (h * w, -abs(math.log((h / w) / (H / W))), -h)
+        key = (h * w, -round(abs(math.log((h / w) / (H / W))), 9), -h)
         if best is None or key > best[0]:
             best = (key, (h, w))
     return best[1]

@@ -1,0 +1,293 @@
+"""The registry: every method behind one entry point, batch invariance, results, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from eadp_lab import METHODS, EADPConfig, PruneInputs, preset, prune
+from eadp_lab.methods.cdpruner import dpp_greedy_map
+from eadp_lab.methods.divprune import max_min_diversity
+from eadp_lab.methods.pool import pooled_grid
+
+NAMES = ["none", "eadp", "topk", "topk_dense", "random", "pool", "divprune", "cdpruner"]
+
+
+def sample(seed, N=64, L=5, C=12, D=16, crops=1):
+    """One image's raw tensors: features (crops, N, D), embeds (crops, N, C), text (1, 1, L, C)."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        features=torch.randn(crops, N, D, generator=g),
+        image_embeds=torch.randn(crops, N, C, generator=g),
+        text_embeds_seq=torch.randn(1, 1, L, C, generator=g),
+    )
+
+
+def batch_of(samples):
+    """A padded batch of samples with different instruction lengths, built from scratch."""
+    L = max(s["text_embeds_seq"].shape[2] for s in samples)
+    seq = torch.zeros(len(samples), 1, L, samples[0]["text_embeds_seq"].shape[-1])
+    mask = torch.zeros(len(samples), 1, L, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = s["text_embeds_seq"].shape[2]
+        seq[i, :, L - n :] = s["text_embeds_seq"][0]  # left padding, as generation batches are
+        mask[i, :, L - n :] = True
+    return PruneInputs(
+        features=torch.cat([s["features"] for s in samples]),
+        image_embeds=torch.cat([s["image_embeds"] for s in samples]),
+        text_embeds_seq=seq,
+        text_mask=mask,
+        rows_per_image=tuple(s["features"].shape[0] for s in samples),
+    )
+
+
+def test_registry_names():
+    assert sorted(METHODS) == sorted(NAMES)
+    for m in METHODS.values():
+        assert m.reference  # every method says where it comes from
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_every_method_runs_and_keeps_the_budget(method):
+    inputs = batch_of([sample(0), sample(1, L=3)])
+    res = prune(method, inputs, 16)
+    kept = 64 if method == "none" else 16
+    assert res.quotas.tolist() == [kept, kept]
+    assert res.keep_mask.sum(1).tolist() == [kept, kept]
+    assert res.gather(inputs.features).shape == (2 * kept, 16)
+    assert res.method == method
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_batch_invariance(method):
+    samples = [sample(0, L=7), sample(1, L=3), sample(2, L=5, crops=3)]
+    batch = prune(method, batch_of(samples), 12, **({"allocation": "floor", "normalisation": "per_image"}
+                                                       if method == "eadp" else {}))
+    rows = 0
+    for s in samples:
+        alone_inputs = PruneInputs(**s, rows_per_image=(s["features"].shape[0],))
+        alone = prune(method, alone_inputs, 12, **({"allocation": "floor", "normalisation": "per_image"}
+                                                     if method == "eadp" else {}))
+        k = s["features"].shape[0]
+        T = alone.picks.shape[1]
+        assert torch.equal(batch.picks[rows : rows + k, :T], alone.picks), method
+        assert torch.equal(batch.quotas[rows : rows + k], alone.quotas)
+        if alone.importance is not None:
+            assert torch.equal(batch.importance[rows : rows + k], alone.importance)
+        rows += k
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_budget_of_n_or_more_keeps_every_token_in_order(method):
+    inputs = batch_of([sample(3)])
+    for budget in (64, 100):
+        res = prune(method, inputs, budget)
+        assert bool(res.keep_mask.all())
+        assert torch.equal(res.gather(inputs.features), inputs.features.reshape(-1, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["eadp", "topk", "topk_dense", "divprune", "cdpruner"])
+def test_half_precision_inputs_give_the_float32_picks(method, dtype):
+    s = {k: v.to(dtype) for k, v in sample(4).items()}
+    half = prune(method, PruneInputs(**s), 20)
+    full = prune(method, PruneInputs(**{k: v.float() for k, v in s.items()}), 20)
+    assert torch.equal(half.picks, full.picks)
+    if full.importance is not None:
+        assert half.importance.dtype == torch.float32
+
+
+def test_eadp_result_carries_every_intermediate():
+    s = sample(5, L=10)
+    res = prune("eadp", PruneInputs(**s), 16)
+    (trace,) = res.trace
+    assert trace.global_similarity.shape == (1, 64, 1)
+    assert trace.dense_similarity.shape == (1, 64, 1, 10)
+    assert trace.entropy.shape == (1, 1, 10)
+    assert trace.kept_text.shape == (1, 1, 2)  # floor(0.2 * 10)
+    assert torch.equal(trace.entropy[0, 0, trace.kept_text[0, 0]], trace.entropy[0, 0].sort().values[:2])
+    assert res.importance.shape == (1, 64) and float(res.importance.max()) <= 1.0 + 1e-6
+    assert not trace.smoothing_skipped
+
+
+def test_eadp_importance_is_the_stages_composed():
+    from eadp_lab import scoring as S
+
+    s = sample(6, L=6)
+    cfg = preset("llava-1.5", beta=2.0)
+    res = prune("eadp", PruneInputs(**s), 8, cfg)
+    v, seq = s["image_embeds"], s["text_embeds_seq"]
+    G = S.global_similarity(v, seq.mean(2), -1)
+    D = S.dense_similarity(v, seq, -1)
+    H = S.spatial_entropy(D, 100.0)
+    kept, valid = S.entropy_filter(H, 0.2)
+    r = S.minmax_normalise(S.fuse(G, S.aggregate(D, H, kept, valid), 0.5))
+    r = S.polarise(S.smooth_on_grid(r, (8, 8)), 2.0)
+    assert torch.allclose(res.importance, r, atol=1e-6)
+
+
+def test_ablations_change_the_picks():
+    inputs = PruneInputs(**sample(8, L=12))
+    base = prune("eadp", inputs, 10)
+    for change in (dict(alpha=1.0), dict(entropy_keep_ratio=1.0, aggregation="mean"), dict(selection="topk"),
+                   dict(similarity_sign=1.0)):
+        assert not torch.equal(prune("eadp", inputs, 10, **change).keep_mask, base.keep_mask), change
+
+
+def test_topk_selection_is_topk_of_importance():
+    inputs = PruneInputs(**sample(9))
+    res = prune("eadp", inputs, 10, selection="topk")
+    assert set(res.picks[0].tolist()) == set(res.importance[0].topk(10).indices.tolist())
+
+
+def test_anyres_allocation_uses_floor_quotas():
+    inputs = PruneInputs(**sample(10, crops=4), rows_per_image=(4,))
+    res = prune("eadp", inputs, 8, preset("llava-1.6-anyres"))
+    share = res.importance.sum(1) / (res.importance.sum() + 1e-6) * 32
+    assert res.quotas.tolist() == torch.clamp(share.floor().long(), min=1).tolist()
+    exact = prune("eadp", inputs, 8, preset("llava-1.6-anyres", allocation="largest_remainder"))
+    assert int(exact.quotas.sum()) == 32
+
+
+def test_topk_by_hand():
+    v = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7]]])
+    text = torch.tensor([[[[1.0, 0.0]]]])
+    res = prune("topk", PruneInputs(features=v, image_embeds=v, text_embeds_seq=text, grid=(2, 2)), 2,
+                similarity_sign=1.0)
+    assert res.picks.tolist() == [[0, 3]]
+    res = prune("topk", PruneInputs(features=v, image_embeds=v, text_embeds_seq=text, grid=(2, 2)), 2)
+    assert res.picks.tolist() == [[2, 1]]  # the published sign ranks by dissimilarity
+
+
+def test_random_is_seeded():
+    inputs = PruneInputs(**sample(11))
+    a, b = prune("random", inputs, 10, seed=1), prune("random", inputs, 10, seed=1)
+    c = prune("random", inputs, 10, seed=2)
+    assert torch.equal(a.picks, b.picks) and not torch.equal(a.picks, c.picks)
+
+
+def test_pool_by_hand():
+    f = torch.arange(16.0).reshape(1, 16, 1)  # 4x4 grid, value = index
+    res = prune("pool", PruneInputs(features=f), 4)
+    assert res.merged.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    assert res.gather(f).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    assert res.extra["pooled_grid"] == (2, 2)
+    assert pooled_grid((24, 24), 64) == (8, 8) and pooled_grid((24, 24), 192) == (12, 16)
+    assert pooled_grid((13, 13), 20) == (4, 5)
+
+
+def test_divprune_by_hand():
+    # directions at 0, 10, 90, 180 degrees: the farthest-from-neighbour first is 90 or 180
+    ang = torch.tensor([0.0, 10.0, 90.0, 180.0]) * math.pi / 180
+    f = torch.stack([ang.cos(), ang.sin()], -1)[None]
+    picks = max_min_diversity(f, 3)
+    assert picks[0, 0].item() == 3  # 180 deg: nearest neighbour at 90 deg, distance 1 (0 deg is at 2)
+    assert set(picks[0].tolist()) == {3, 2, 0} or set(picks[0].tolist()) == {3, 2, 1}
+    assert picks[0, 1].item() in (0, 1) and picks[0, 2].item() == 2
+
+
+def test_dpp_greedy_matches_brute_force_log_det():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    Lk = X @ X.T
+    picks = dpp_greedy_map(Lk[None], 4, torch.zeros(1, 8))[0].tolist()
+    chosen = []
+    for _ in range(4):
+        best = max((i for i in range(8) if i not in chosen),
+                   key=lambda i: torch.logdet(Lk[chosen + [i]][:, chosen + [i]]).item())
+        chosen.append(best)
+    assert picks == chosen
+
+
+def test_dpp_fills_by_fallback_once_the_kernel_is_exhausted():
+    X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    # d^2 = 1, 1, 2, 4 -> 3; then 0 (parallel to 3), 1 and 1 -> 1 (lowest index); then the rank (2)
+    # is exhausted and the rest follow the fallback score: 2 (score 5), then 0
+    picks = dpp_greedy_map((X @ X.T)[None], 4, torch.tensor([[0.0, 0.0, 5.0, 1.0]]))[0].tolist()
+    assert picks == [3, 1, 2, 0]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_budget_below_one(method):
+    with pytest.raises(ValueError, match="budget"):
+        prune(method, PruneInputs(**sample(0)), 0)
+
+
+def test_nan_features():
+    s = sample(0)
+    s["features"][0, 3, 1] = math.nan
+    with pytest.raises(ValueError, match="features"):
+        PruneInputs(**s)
+    s = sample(0)
+    s["image_embeds"][0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match="image_embeds"):
+        PruneInputs(**s)
+
+
+def test_mismatched_n():
+    s = sample(0)
+    s["image_embeds"] = s["image_embeds"][:, :60]
+    with pytest.raises(ValueError, match="image_embeds"):
+        PruneInputs(**s)
+
+
+def test_grid_mismatch_is_an_error_unless_skipping_is_chosen():
+    inputs = PruneInputs(**sample(0), grid=(7, 9))
+    with pytest.raises(ValueError, match="grid"):
+        prune("eadp", inputs, 8)
+    res = prune("eadp", inputs, 8, on_grid_mismatch="skip")
+    assert res.trace[0].smoothing_skipped
+    assert torch.equal(res.trace[0].smoothed, res.trace[0].normalised)
+    with pytest.raises(ValueError, match="grid"):
+        prune("eadp", PruneInputs(**sample(0, N=60)), 8)  # 60 is not square and no grid was given
+
+
+@pytest.mark.parametrize("method", ["eadp", "topk", "topk_dense", "cdpruner"])
+def test_empty_instruction(method):
+    s = sample(0)
+    s["text_embeds_seq"] = s["text_embeds_seq"][:, :, :0]
+    with pytest.raises(ValueError, match="empty instruction"):
+        prune(method, PruneInputs(**s), 8)
+    s = sample(0)
+    with pytest.raises(ValueError, match="empty instruction"):
+        prune(method, PruneInputs(**s, text_mask=torch.zeros(1, 1, 5, dtype=torch.bool)), 8)
+    with pytest.raises(ValueError, match="text"):
+        prune(method, PruneInputs(features=s["features"]), 8)
+
+
+def test_unknown_method_and_settings():
+    inputs = PruneInputs(**sample(0))
+    with pytest.raises(ValueError, match="method"):
+        prune("fastv", inputs, 8)
+    with pytest.raises(TypeError):
+        prune("eadp", inputs, 8, alpah=0.3)
+    with pytest.raises(ValueError, match="settings"):
+        prune("random", inputs, 8, EADPConfig())
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(dict(alpha=1.5), "alpha"), (dict(entropy_keep_ratio=0.0), "entropy_keep_ratio"),
+     (dict(aggregation="max"), "aggregation"), (dict(smoothing_kernel=4), "smoothing_kernel"),
+     (dict(allocation="proportional"), "allocation"), (dict(beta=0.0), "beta")],
+)
+def test_config_validation(change, match):
+    with pytest.raises(ValueError, match=match):
+        EADPConfig(**change)
+
+
+def test_presets():
+    assert preset("llava-1.5").text_positions == "all"
+    assert preset("llava-1.5", faithful=True).text_positions == "content"
+    assert preset("paper") == EADPConfig()
+    anyres = preset("llava-1.6-anyres")
+    assert (anyres.normalisation, anyres.allocation) == ("per_image", "floor")
+    video = preset("llava-video")
+    assert (video.entropy_keep_ratio, video.aggregation, video.beta) == (0.5, "entropy_tempered", 2.0)
+    assert preset("qwen2.5-vl-llm").beta == 2.0
+    assert EADPConfig.from_dict(anyres.to_dict()) == anyres
+    with pytest.raises(ValueError, match="preset"):
+        preset("llava-2")
