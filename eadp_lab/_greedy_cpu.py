@@ -51,17 +51,23 @@ def _update(gain, row, old, new, rj):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _greedy_one(K, r, budget, picks):  # pragma: no cover - compiled
+def _greedy_one(K, r, candidates, budget, picks):  # pragma: no cover - compiled
     n = K.shape[0]
     KT = K if _is_symmetric(K) else np.ascontiguousarray(K.T)  # KT[j] is column j of K
     cur = np.zeros(n, dtype=np.float32)
     gain = np.empty(n, dtype=np.float64)
     _initial_gains(K, r, gain)
+    for c in range(n):
+        if not candidates[c]:
+            gain[c] = -np.inf
     for t in range(budget):
         best = 0
         for c in range(1, n):  # first maximum, as torch.argmax; picked tokens hold -inf
             if gain[c] > gain[best]:
                 best = c
+        if gain[best] == -np.inf:  # no candidate left
+            picks[t:] = -1
+            return
         picks[t] = best
         gain[best] = -np.inf
         for j in range(n):  # columns whose coverage the pick raises
@@ -71,11 +77,12 @@ def _greedy_one(K, r, budget, picks):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def greedy_batch(K, r, budget, picks):  # pragma: no cover - compiled
-    """Fill ``picks`` ``(B, budget)`` for ``K`` ``(B, N, N)`` and ``r`` ``(B, N)``, in pick order.
+def greedy_batch(K, r, candidates, budget, picks):  # pragma: no cover - compiled
+    """Fill ``picks`` ``(B, budget)`` for ``K`` ``(B, N, N)``, ``r`` ``(B, N)`` and the bool
+    ``candidates`` ``(B, N)``, in pick order; ``-1`` once a row has no candidate left.
 
     One thread: on a small CPU, torch's own worker threads still spin after the preceding
     ops, and a second pool here only fights them.
     """
     for b in range(K.shape[0]):
-        _greedy_one(K[b], r[b], budget, picks[b])
+        _greedy_one(K[b], r[b], candidates[b], budget, picks[b])

@@ -31,6 +31,7 @@ __all__ = [
     "minmax_normalise",
     "gaussian_kernel",
     "smooth_on_grid",
+    "smooth_rows",
     "polarise",
 ]
 
@@ -76,7 +77,10 @@ def dense_similarity(image_embeds: torch.Tensor, text_embeds_seq: torch.Tensor, 
 
 
 def spatial_entropy(
-    dense: torch.Tensor, temperature: float = 100.0, text_mask: torch.Tensor | None = None
+    dense: torch.Tensor,
+    temperature: float = 100.0,
+    text_mask: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Entropy of each text token's distribution over the row's visual tokens (step 3).
 
@@ -86,11 +90,16 @@ def spatial_entropy(
         dense: ``(R, N, M, L)`` from :func:`dense_similarity`.
         text_mask: optional ``(R, M, L)`` bool, True where a position is a real text token;
             masked positions get ``+inf`` entropy so the filter never keeps them.
+        token_mask: optional ``(R, N)`` bool, True on real visual tokens (ragged rows); the
+            distribution runs over those only.
     Returns:
         ``(R, M, L)`` float32, in nats; at most ``log N``.
     """
     check_ndim("dense", dense, 4, "(R, N, M, L)")
-    p = torch.softmax(temperature * dense.float(), dim=1)
+    logits = temperature * dense.float()
+    if token_mask is not None:
+        logits = logits.masked_fill(~token_mask[:, :, None, None], -math.inf)
+    p = torch.softmax(logits, dim=1)
     entropy = -(p * torch.log(p + 1e-12)).sum(dim=1)
     if text_mask is not None:
         entropy = entropy.masked_fill(~text_mask, math.inf)
@@ -197,31 +206,38 @@ def fuse(global_sim: torch.Tensor, local: torch.Tensor, alpha: float = 0.5) -> t
     return (alpha * global_sim.float() + (1.0 - alpha) * local.float()).mean(-1)
 
 
-def minmax_normalise(scores: torch.Tensor, rows_per_image: list[int] | None = None) -> torch.Tensor:
+def minmax_normalise(
+    scores: torch.Tensor, rows_per_image: list[int] | None = None, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``r = (s - min s + 1e-6) / (max s - min s + 1e-6)`` (step 7).
 
     Args:
         scores: ``(R, N)``.
         rows_per_image: crops (rows) of each image, consecutive; the min and max are taken
             jointly over an image's rows (LLaVA-1.6). ``None``: per row.
+        token_mask: optional ``(R, N)`` bool of real tokens; padding is ignored and set to 0.
     Returns:
         ``(R, N)`` float32 in ``[0, 1]`` (up to the 1e-6 offsets).
     """
     s = scores.float()
+    s_lo, s_hi = s, s
+    if token_mask is not None:
+        s_lo, s_hi = s.masked_fill(~token_mask, math.inf), s.masked_fill(~token_mask, -math.inf)
     if rows_per_image is None:
-        lo = s.min(-1, keepdim=True).values
-        hi = s.max(-1, keepdim=True).values
+        lo = s_lo.min(-1, keepdim=True).values
+        hi = s_hi.max(-1, keepdim=True).values
     else:
         if sum(rows_per_image) != s.shape[0]:
             raise ValueError(f"rows_per_image {rows_per_image} does not add up to the {s.shape[0]} rows of scores")
         counts = torch.tensor(rows_per_image, device=s.device)
-        row_lo = s.min(-1).values
-        row_hi = s.max(-1).values
+        row_lo = s_lo.min(-1).values
+        row_hi = s_hi.max(-1).values
         image = torch.repeat_interleave(torch.arange(len(rows_per_image), device=s.device), counts)
         lo = torch.full((len(rows_per_image),), math.inf, device=s.device).scatter_reduce(0, image, row_lo, "amin")
         hi = torch.full((len(rows_per_image),), -math.inf, device=s.device).scatter_reduce(0, image, row_hi, "amax")
         lo, hi = lo[image, None], hi[image, None]
-    return (s - lo + 1e-6) / (hi - lo + 1e-6)
+    r = (s - lo + 1e-6) / (hi - lo + 1e-6)
+    return r if token_mask is None else r.masked_fill(~token_mask, 0.0)
 
 
 def gaussian_kernel(size: int = 3, sigma: float = 1.0, device=None) -> torch.Tensor:
@@ -259,6 +275,25 @@ def smooth_on_grid(
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     k = gaussian_kernel(kernel_size, sigma, device=x.device)[None, None]
     return F.conv2d(x, k).reshape(R, N)
+
+
+def smooth_rows(
+    importance: torch.Tensor, grids: list[tuple[int, int]], kernel_size: int = 3, sigma: float = 1.0
+) -> torch.Tensor:
+    """:func:`smooth_on_grid` with one ``(H_r, W_r)`` per row; row ``r`` holds ``H_r * W_r`` real
+    tokens first and padding after them (left at 0).
+
+    Args:
+        importance: ``(R, N)``; grids: ``R`` grids with ``H_r * W_r <= N``.
+    Returns:
+        ``(R, N)`` float32.
+    """
+    if len(set(grids)) == 1 and grids[0][0] * grids[0][1] == importance.shape[1]:
+        return smooth_on_grid(importance, grids[0], kernel_size, sigma)
+    out = torch.zeros_like(importance, dtype=torch.float32)
+    for r, (H, W) in enumerate(grids):
+        out[r, : H * W] = smooth_on_grid(importance[r : r + 1, : H * W], (H, W), kernel_size, sigma)[0]
+    return out
 
 
 def polarise(importance: torch.Tensor, beta: float = 1.0) -> torch.Tensor:

@@ -45,8 +45,8 @@ def coverage_similarity(features: torch.Tensor) -> torch.Tensor:
     return (torch.clamp(f @ f.transpose(1, 2), -1.0, 1.0) + 1.0) / 2.0
 
 
-def _prepare(importance, budget, features, similarity):
-    """Validate the arguments of the greedy; return ``(r (B, N) float32, K (B, N, N), T)``."""
+def _prepare(importance, budget, features, similarity, candidates=None):
+    """Validate the arguments of the greedy; return ``(r (B, N) float32, K (B, N, N), T, candidates)``."""
     check_ndim("importance", importance, 2, "(B, N)")
     check_finite("importance", importance)
     if bool((importance < 0).any()):
@@ -66,7 +66,12 @@ def _prepare(importance, budget, features, similarity):
         check_same("B (rows)", importance=importance.shape[0], similarity=similarity.shape[0])
         check_finite("similarity", similarity)
         similarity = similarity.float()
-    return importance.float(), similarity, budget
+    if candidates is None:
+        candidates = torch.ones(importance.shape, dtype=torch.bool, device=importance.device)
+    else:
+        check_same("candidates shape", importance=tuple(importance.shape), candidates=tuple(candidates.shape))
+        candidates = candidates.to(device=importance.device, dtype=torch.bool)
+    return importance.float(), similarity, budget, candidates
 
 
 def facility_location_naive(
@@ -75,6 +80,7 @@ def facility_location_naive(
     *,
     features: torch.Tensor | None = None,
     similarity: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The published greedy loop, kept as the reference: every gain recomputed at every step.
 
@@ -82,32 +88,32 @@ def facility_location_naive(
     ``python -m eadp_lab.bench select``; use :func:`facility_location` otherwise.
 
     Returns:
-        ``(B, min(budget, N))`` long, picks in pick order.
+        ``(B, min(budget, N))`` long, picks in pick order (``-1`` once no candidate is left).
     """
-    r, K, budget = _prepare(importance, budget, features, similarity)
+    r, K, budget, candidates = _prepare(importance, budget, features, similarity, candidates)
     B, N = r.shape
     T = min(budget, N)
     rows = torch.arange(B, device=r.device)
     cur = torch.zeros(B, N, device=r.device)
-    selected = torch.zeros(B, N, dtype=torch.bool, device=r.device)
+    unavailable = ~candidates
     picks = torch.empty(B, T, dtype=torch.long, device=r.device)
     for t in range(T):
         gains = (torch.clamp(K - cur[:, None, :], min=0) * r[:, None, :]).sum(-1)  # (B, N)
-        gains = gains.masked_fill(selected, -math.inf)
+        gains = gains.masked_fill(unavailable, -math.inf)
         best = gains.argmax(-1)
-        picks[:, t] = best
-        selected[rows, best] = True
+        picks[:, t] = torch.where(unavailable.all(-1), -1, best)
+        unavailable[rows, best] = True
         cur = torch.maximum(cur, K[rows, best])
     return picks
 
 
-def _lazy_torch(r: torch.Tensor, K: torch.Tensor, T: int, block: int = 8) -> torch.Tensor:
+def _lazy_torch(r: torch.Tensor, K: torch.Tensor, T: int, candidates: torch.Tensor, block: int = 8) -> torch.Tensor:
     """Batched lazy greedy in plain torch ops (any device). ``r`` (B, N), ``K`` (B, N, N)."""
     B, N = r.shape
     rows = torch.arange(B, device=r.device)
     cur = torch.zeros(B, N, device=r.device)
-    selected = torch.zeros(B, N, dtype=torch.bool, device=r.device)
-    bound = (K * r[:, None, :]).sum(-1).double()  # exact gains of the empty selection
+    selected = ~candidates
+    bound = (torch.clamp(K, min=0) * r[:, None, :]).sum(-1).double()  # exact gains of the empty selection
     picks = torch.empty(B, T, dtype=torch.long, device=r.device)
     m = min(block, N)
     for t in range(T):
@@ -115,7 +121,7 @@ def _lazy_torch(r: torch.Tensor, K: torch.Tensor, T: int, block: int = 8) -> tor
         while True:
             live = bound.masked_fill(selected, -math.inf)
             best = live.argmax(-1)
-            if bool(fresh[rows, best].all()):
+            if bool((fresh[rows, best] | selected.all(-1)).all()):
                 break
             stale = live.masked_fill(fresh, -math.inf)
             cand = torch.topk(stale, m, dim=-1).indices  # (B, m)
@@ -124,20 +130,20 @@ def _lazy_torch(r: torch.Tensor, K: torch.Tensor, T: int, block: int = 8) -> tor
             ok = torch.gather(stale, 1, cand) > -math.inf  # skip selected/fresh fillers
             bound.scatter_(1, cand, torch.where(ok, exact, torch.gather(bound, 1, cand)))
             fresh.scatter_(1, cand, ok | torch.gather(fresh, 1, cand))
-        picks[:, t] = best
+        picks[:, t] = torch.where(selected.all(-1), -1, best)
         selected[rows, best] = True
         cur = torch.maximum(cur, K[rows, best])
     return picks
 
 
-def _incremental_cpu(r: torch.Tensor, K: torch.Tensor, T: int) -> torch.Tensor:
+def _incremental_cpu(r: torch.Tensor, K: torch.Tensor, T: int, candidates: torch.Tensor) -> torch.Tensor:
     """Greedy in the compiled CPU kernel (:mod:`eadp_lab._greedy_cpu`). ``r`` (B, N), ``K`` (B, N, N)."""
     import numpy as np
 
     from ._greedy_cpu import greedy_batch
 
     picks = np.empty((r.shape[0], T), dtype=np.int64)
-    greedy_batch(K.contiguous().numpy(), r.contiguous().numpy(), T, picks)
+    greedy_batch(K.contiguous().numpy(), r.contiguous().numpy(), candidates.contiguous().numpy(), T, picks)
     return torch.from_numpy(picks)
 
 
@@ -147,6 +153,7 @@ def facility_location(
     *,
     features: torch.Tensor | None = None,
     similarity: torch.Tensor | None = None,
+    candidates: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Greedy facility location: ``T`` picks maximising ``f(A) = sum_j r_j max_{a in A} K[a, j]``.
@@ -161,20 +168,24 @@ def facility_location(
         features: ``(B, N, D)`` selection features; the similarity is
             :func:`coverage_similarity` (``(cos + 1) / 2``, as published).
         similarity: ``(B, N, N)`` precomputed similarity in ``[0, 1]`` instead of ``features``.
+        candidates: ``(B, N)`` bool, the tokens that may be picked (default all); the others
+            still count in the objective with their importance (zero for absent tokens).
         backend: ``"auto"`` (compiled kernel on CPU, torch ops elsewhere), ``"cpu"`` or ``"torch"``.
     Returns:
-        ``(B, min(T, N))`` long on the inputs' device, picks in pick order.
+        ``(B, min(T, N))`` long on the inputs' device, picks in pick order; ``-1`` once a row
+        has no candidate left.
     """
     check_choice("backend", backend, ("auto", "cpu", "torch"))
-    r, K, budget = _prepare(importance, budget, features, similarity)
+    r, K, budget, candidates = _prepare(importance, budget, features, similarity, candidates)
     B, N = r.shape
-    if budget >= N:
+    if budget >= N and bool(candidates.all()):
         return torch.arange(N, device=r.device).expand(B, N).clone()
+    budget = min(budget, N)
     if backend == "auto":
         backend = "cpu" if r.device.type == "cpu" else "torch"
     if backend == "cpu":
-        return _incremental_cpu(r.cpu(), K.cpu(), budget).to(r.device)
-    return _lazy_torch(r, K, budget)
+        return _incremental_cpu(r.cpu(), K.cpu(), budget, candidates.cpu()).to(r.device)
+    return _lazy_torch(r, K, budget, candidates)
 
 
 def coverage(importance: torch.Tensor, similarity: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
@@ -193,7 +204,11 @@ def coverage(importance: torch.Tensor, similarity: torch.Tensor, picks: torch.Te
 
 
 def allocate_budget(
-    importance: torch.Tensor, rows_per_image: list[int], budget_per_row: int, rule: str = "floor"
+    importance: torch.Tensor,
+    rows_per_image: list[int],
+    budget_per_row: int,
+    rule: str = "floor",
+    capacity: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Split an image's budget ``K * T0`` across its ``K`` crops or frames (step 13).
 
@@ -202,40 +217,44 @@ def allocate_budget(
     - ``floor`` (published): ``q_k = max(1, floor(p_k * K * T0))``; the total can fall short by
       up to ``K - 1`` tokens.
     - ``largest_remainder`` (Hamilton's method): floors plus one token each to the largest
-      remainders (lowest index on ties), so the total is exactly ``K * T0``; no crop gets more
-      than its ``N`` tokens.
+      remainders (lowest index on ties), so the total is exactly ``K * T0`` (or every token,
+      if fewer); a crop never gets more than it has.
     - ``none``: ``T0`` per row.
 
     Args:
         importance: ``(R, N)`` final importance (after smoothing and power).
         rows_per_image: crops of each image, consecutive rows; sums to ``R``.
+        capacity: ``(R,)`` tokens each row has (default ``N``; fewer for ragged rows).
     Returns:
-        ``(R,)`` long quotas, each in ``[0, N]``.
+        ``(R,)`` long quotas, each in ``[0, capacity]``. A budget of at least every row's
+        capacity keeps everything.
     """
     check_choice("allocation", rule, ALLOCATIONS)
     T0 = check_budget(budget_per_row, "budget_per_row")
     R, N = importance.shape
     if sum(rows_per_image) != R:
         raise ValueError(f"rows_per_image {rows_per_image} does not add up to the {R} rows of importance")
-    if rule == "none" or T0 >= N:  # a budget of N or more per row keeps everything
-        return torch.full((R,), min(T0, N), dtype=torch.long, device=importance.device)
+    cap = torch.full((R,), N, device=importance.device) if capacity is None else capacity.long().to(importance.device)
+    if rule == "none" or T0 >= int(cap.max()):
+        return torch.clamp(cap, max=T0).long()
     quotas = []
-    for rows in torch.split(importance.float().sum(-1), list(rows_per_image)):
+    for rows, row_cap in zip(torch.split(importance.float().sum(-1), list(rows_per_image)),
+                             torch.split(cap, list(rows_per_image))):
         K = rows.shape[0]
         share = rows / (rows.sum() + 1e-6) * (K * T0)  # (K,)
         if rule == "floor":
             q = torch.clamp(torch.floor(share).long(), min=1)
         else:
-            q = _largest_remainder(share, min(K * T0, K * N), N)
-        quotas.append(torch.clamp(q, max=N))
+            q = _largest_remainder(share, min(K * T0, int(row_cap.sum())), row_cap)
+        quotas.append(torch.minimum(q, row_cap))
     return torch.cat(quotas)
 
 
-def _largest_remainder(share: torch.Tensor, total: int, cap: int) -> torch.Tensor:
+def _largest_remainder(share: torch.Tensor, total: int, cap: torch.Tensor) -> torch.Tensor:
     """Integers summing to ``total``, each in ``[0, cap]``, closest to ``share`` (Hamilton)."""
-    q = torch.clamp(torch.floor(share).long(), max=cap)
+    q = torch.minimum(torch.floor(share).long(), cap)
     while int(q.sum()) < total:
-        remainder = (share - q.double().to(share.dtype)).masked_fill(q >= cap, -math.inf)
+        remainder = (share - q.to(share.dtype)).masked_fill(q >= cap, -math.inf)
         left = total - int(q.sum())
         order = torch.argsort(-remainder, stable=True)[:left]
         order = order[remainder[order] > -math.inf]

@@ -171,7 +171,7 @@ def test_pool_by_hand():
     res = prune("pool", PruneInputs(features=f), 4)
     assert res.merged.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
     assert res.gather(f).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
-    assert res.extra["pooled_grid"] == (2, 2)
+    assert res.extra["pooled_grid"] == [(2, 2)]
     assert pooled_grid((24, 24), 64) == (8, 8) and pooled_grid((24, 24), 192) == (12, 16)
     assert pooled_grid((13, 13), 20) == (4, 5)
 
@@ -291,3 +291,61 @@ def test_presets():
     assert EADPConfig.from_dict(anyres.to_dict()) == anyres
     with pytest.raises(ValueError, match="preset"):
         preset("llava-2")
+
+
+# ---------------------------------------------------------------- ragged rows (AnyRes tiles cut by unpadding)
+
+
+def ragged_inputs(seed=12, grids=((8, 8), (5, 8), (8, 3)), L=6):
+    g = torch.Generator().manual_seed(seed)
+    R, N = len(grids), 64
+    return PruneInputs(
+        features=torch.randn(R, N, 16, generator=g),
+        image_embeds=torch.randn(R, N, 12, generator=g),
+        text_embeds_seq=torch.randn(1, 1, L, 12, generator=g),
+        grid=list(grids),
+        rows_per_image=(R,),
+    )
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_ragged_rows_never_keep_padding(method):
+    inputs = ragged_inputs()
+    counts = inputs.token_counts.tolist()
+    assert counts == [64, 40, 24]
+    for budget in (10, 30, 64):
+        res = prune(method, inputs, budget)
+        for r, count in enumerate(counts):
+            assert not bool(res.keep_mask[r, count:].any()), (method, budget, r)
+            assert int(res.quotas[r]) <= count
+        if method != "none" and budget >= 64:
+            assert res.quotas.tolist() == counts  # a budget of every token keeps every real token
+
+
+@pytest.mark.parametrize("method", ["eadp", "topk", "topk_dense", "divprune", "cdpruner", "pool"])
+def test_a_ragged_row_is_scored_like_the_row_alone(method):
+    inputs = ragged_inputs()
+    together = prune(method, inputs, 12)
+    for r, (H, W) in enumerate(inputs.grid):
+        n = H * W
+        alone_inputs = PruneInputs(
+            features=inputs.features[r : r + 1, :n], image_embeds=inputs.image_embeds[r : r + 1, :n],
+            text_embeds_seq=inputs.text_embeds_seq, grid=(H, W),
+        )
+        alone = prune(method, alone_inputs, 12)
+        assert torch.equal(together.picks[r, : alone.picks.shape[1]], alone.picks[0]), (method, r)
+        if alone.importance is not None:
+            assert torch.allclose(together.importance[r, :n], alone.importance[0], atol=1e-6)
+
+
+def test_ragged_allocation_respects_each_rows_tokens():
+    inputs = ragged_inputs(grids=((8, 8), (2, 2), (8, 3)))
+    res = prune("eadp", inputs, 20, allocation="largest_remainder", normalisation="per_image")
+    assert int(res.quotas.sum()) == 60 and int(res.quotas[1]) <= 4
+
+
+def test_bad_row_grids():
+    with pytest.raises(ValueError, match="row grids"):
+        PruneInputs(features=torch.randn(2, 16, 4), grid=[(4, 4)])
+    with pytest.raises(ValueError, match="between 1 and N"):
+        PruneInputs(features=torch.randn(1, 16, 4), grid=[(5, 4)])

@@ -38,7 +38,10 @@ class PruneInputs:
             ``text_embeds_seq`` (the published Qwen2.5-VL rule).
         text_embeds_seq: ``(I, M, L, C)`` dense text embeddings ``S``.
         text_mask: ``(I, M, L)`` bool, True on the positions that are scored.
-        grid: ``(H, W)`` token grid of each row; ``None``: square, from ``N``.
+        grid: ``(H, W)`` token grid of each row; ``None``: square, from ``N``. A list of one
+            ``(H_r, W_r)`` per row makes the rows *ragged*: row ``r`` holds ``H_r * W_r <= N``
+            real tokens first, in raster order, and padding after them (AnyRes tiles cut by
+            unpadding, crops of different sizes). Padding is never kept and carries no importance.
         rows_per_image: rows of each image, consecutive; ``None``: one row per image.
     """
 
@@ -47,7 +50,7 @@ class PruneInputs:
     text_embeds: torch.Tensor | None = None
     text_embeds_seq: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
-    grid: tuple[int, int] | None = None
+    grid: tuple[int, int] | list[tuple[int, int]] | None = None
     rows_per_image: tuple[int, ...] | None = None
 
     def __post_init__(self):
@@ -79,7 +82,13 @@ class PruneInputs:
             check_ndim("text_embeds", self.text_embeds, 3, "(I, M, C)")
             check_finite("text_embeds", self.text_embeds)
             check_same("I (images)", rows_per_image=self.num_images, text_embeds=self.text_embeds.shape[0])
-        if self.grid is not None:
+        if isinstance(self.grid, list):
+            self.grid = [(int(h), int(w)) for h, w in self.grid]
+            if len(self.grid) != R:
+                raise ValueError(f"grid lists {len(self.grid)} row grids for {R} rows")
+            if any(h < 1 or w < 1 or h * w > N for h, w in self.grid):
+                raise ValueError(f"every row grid must hold between 1 and N = {N} tokens, got {self.grid}")
+        elif self.grid is not None:
             self.grid = (int(self.grid[0]), int(self.grid[1]))
 
     @property
@@ -124,11 +133,39 @@ class PruneInputs:
         mask = self.text_mask[..., None].float()
         return (seq * mask).sum(2) / mask.sum(2).clamp(min=1)
 
+    @property
+    def ragged(self) -> bool:
+        """True when rows have their own grids (see ``grid``)."""
+        return isinstance(self.grid, list)
+
+    @property
+    def token_counts(self) -> torch.Tensor:
+        """``(R,)`` long: real tokens per row (``N`` unless the rows are ragged)."""
+        if self.ragged:
+            return torch.tensor([h * w for h, w in self.grid], device=self.features.device)
+        return torch.full((self.num_rows,), self.num_tokens, device=self.features.device)
+
+    @property
+    def token_mask(self) -> torch.Tensor | None:
+        """``(R, N)`` bool, True on real tokens; ``None`` when every row is full."""
+        if not self.ragged:
+            return None
+        return torch.arange(self.num_tokens, device=self.features.device) < self.token_counts[:, None]
+
+    def row_grids(self, strict: bool = True) -> list[tuple[int, int]] | None:
+        """One ``(H, W)`` per row (see :meth:`resolved_grid` for the uniform case)."""
+        if self.ragged:
+            return list(self.grid)
+        grid = self.resolved_grid(strict)
+        return None if grid is None else [grid] * self.num_rows
+
     def resolved_grid(self, strict: bool = True) -> tuple[int, int] | None:
         """The rows' ``(H, W)`` grid: ``grid``, or square from ``N``.
 
         Raises if it does not match ``N`` and ``strict``; returns ``None`` then otherwise.
         """
+        if self.ragged:
+            raise ValueError("the rows are ragged: use row_grids()")
         N = self.num_tokens
         grid = self.grid
         if grid is None:
@@ -170,7 +207,7 @@ class PruneInputs:
                 text_embeds=None if self.text_embeds is None else self.text_embeds[i : i + 1],
                 text_embeds_seq=seq,
                 text_mask=mask,
-                grid=self.grid,
+                grid=self.grid[rows] if self.ragged else self.grid,
                 rows_per_image=(self.rows_per_image[i],),
             ))
         return out
@@ -224,10 +261,12 @@ class PruneResult:
             return None if parts[0] is None else torch.cat(parts)
 
         traces = [t for r in results for t in (r.trace or [])]
+        extra = {k: sum((r.extra[k] for r in results), []) if isinstance(v, list) else v
+                 for k, v in first.extra.items()}
         return PruneResult(
             method=first.method, settings=first.settings, budget=first.budget, picks=picks,
             quotas=cat("quotas"), keep_mask=cat("keep_mask"), importance=cat("importance"),
-            merged=cat("merged"), trace=traces or None, extra=first.extra,
+            merged=cat("merged"), trace=traces or None, extra=extra,
         )
 
     @property
@@ -278,18 +317,25 @@ def register(name: str, settings: type, text_guided: bool, reference: str):
     return wrap
 
 
-def stable_topk(importance: torch.Tensor, k: int) -> torch.Tensor:
-    """``(R, k)`` indices of the ``k`` largest entries per row, descending, lowest index on ties."""
-    return torch.argsort(importance.float(), dim=-1, descending=True, stable=True)[:, :k]
+def stable_topk(importance: torch.Tensor, k: int, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``(R, k)`` indices of the ``k`` largest entries per row, descending, lowest index on ties;
+    ``-1`` where a row has fewer than ``k`` real tokens (``token_mask``)."""
+    score = importance.float()
+    if token_mask is not None:
+        score = score.masked_fill(~token_mask, -math.inf)
+    picks = torch.argsort(score, dim=-1, descending=True, stable=True)[:, :k]
+    if token_mask is not None:
+        picks = picks.masked_fill(torch.arange(k, device=picks.device) >= token_mask.sum(-1, keepdim=True), -1)
+    return picks
 
 
 def selection_result(
     method: str, settings, budget: int, picks: torch.Tensor, num_tokens: int, quotas: torch.Tensor | None = None,
     **fields,
 ) -> PruneResult:
-    """A :class:`PruneResult` from picks in pick order (quotas default to every pick)."""
+    """A :class:`PruneResult` from picks in pick order (quotas default to every valid pick)."""
     if quotas is None:
-        quotas = torch.full((picks.shape[0],), picks.shape[1], dtype=torch.long, device=picks.device)
+        quotas = (picks >= 0).sum(-1)
     return PruneResult(
         method=method,
         settings=dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings or {}),
@@ -339,7 +385,9 @@ class NoSettings:
 
 @register("none", NoSettings, text_guided=False, reference="no pruning: every visual token is kept")
 def keep_all(inputs: PruneInputs, budget: int, settings: NoSettings) -> PruneResult:
-    """Keep every token, in order (the unpruned model)."""
+    """Keep every (real) token, in order (the unpruned model)."""
     R, N = inputs.num_rows, inputs.num_tokens
     picks = torch.arange(N, device=inputs.features.device).expand(R, N).clone()
+    if inputs.ragged:
+        picks = picks.masked_fill(~inputs.token_mask, -1)
     return selection_result("none", settings, budget, picks, N)

@@ -65,7 +65,7 @@ def fused_score(inputs: PruneInputs, config: EADPConfig) -> tuple[torch.Tensor, 
     g, s, mask = _text_rows(inputs)
     G = scoring.global_similarity(v, g, config.similarity_sign)
     D = scoring.dense_similarity(v, s, config.similarity_sign)
-    H = scoring.spatial_entropy(D, config.entropy_temperature, mask)
+    H = scoring.spatial_entropy(D, config.entropy_temperature, mask, inputs.token_mask)
     kept, valid = scoring.entropy_filter(H, config.entropy_keep_ratio, mask)
     local = scoring.aggregate(
         D, H, kept, valid, config.aggregation, config.aggregation_temperature, config.aggregation_top_k
@@ -83,13 +83,13 @@ def score(inputs: PruneInputs, config: EADPConfig) -> tuple[torch.Tensor, EADPTr
     """
     fused, parts = fused_score(inputs, config)
     rows = inputs.rows_per_image if config.normalisation == "per_image" else None
-    normalised = scoring.minmax_normalise(fused, rows)
-    grid = inputs.resolved_grid(strict=config.on_grid_mismatch == "error")
-    smoothed = normalised if grid is None else scoring.smooth_on_grid(
-        normalised, grid, config.smoothing_kernel, config.smoothing_sigma
+    normalised = scoring.minmax_normalise(fused, rows, inputs.token_mask)
+    grids = inputs.row_grids(strict=config.on_grid_mismatch == "error")
+    smoothed = normalised if grids is None else scoring.smooth_rows(
+        normalised, grids, config.smoothing_kernel, config.smoothing_sigma
     )
     importance = scoring.polarise(smoothed, config.beta)
-    trace = EADPTrace(normalised=normalised, smoothed=smoothed, smoothing_skipped=grid is None, **parts)
+    trace = EADPTrace(normalised=normalised, smoothed=smoothed, smoothing_skipped=grids is None, **parts)
     return importance, trace
 
 
@@ -99,14 +99,15 @@ def run_eadp(inputs: PruneInputs, budget: int, config: EADPConfig) -> PruneResul
     """EADP on one batch: score, allocate the budget across each image's rows, select, keep."""
     importance, trace = score(inputs, config)
     N = inputs.num_tokens
-    quotas = allocate_budget(importance, list(inputs.rows_per_image), budget, config.allocation)
+    quotas = allocate_budget(importance, list(inputs.rows_per_image), budget, config.allocation,
+                             inputs.token_counts)
     T = int(quotas.max())
     if T >= N:
         picks = torch.arange(N, device=importance.device).expand(inputs.num_rows, N).clone()
     elif config.selection == "facility_location":
-        picks = facility_location(importance, T, features=inputs.features)
+        picks = facility_location(importance, T, features=inputs.features, candidates=inputs.token_mask)
     else:
-        picks = stable_topk(importance, T)
+        picks = stable_topk(importance, T, inputs.token_mask)
     return selection_result("eadp", config, budget, picks, N, quotas, importance=importance, trace=[trace])
 
 
@@ -115,7 +116,7 @@ def run_eadp(inputs: PruneInputs, budget: int, config: EADPConfig) -> PruneResul
 def run_topk_dense(inputs: PruneInputs, budget: int, config: EADPConfig) -> PruneResult:
     """Keep the ``budget`` tokens of highest fused dense score ``s`` (steps 1 to 6 of EADP)."""
     fused, _ = fused_score(inputs, config)
-    picks = stable_topk(fused, min(budget, inputs.num_tokens))
+    picks = stable_topk(fused, min(budget, inputs.num_tokens), inputs.token_mask)
     return selection_result("topk_dense", config, budget, picks, inputs.num_tokens, importance=fused)
 
 
@@ -137,5 +138,5 @@ def global_score(inputs: PruneInputs, sign: float) -> torch.Tensor:
 def run_topk(inputs: PruneInputs, budget: int, settings: TopKSettings) -> PruneResult:
     """Keep the ``budget`` tokens of highest global score."""
     importance = global_score(inputs, settings.similarity_sign)
-    picks = stable_topk(importance, min(budget, inputs.num_tokens))
+    picks = stable_topk(importance, min(budget, inputs.num_tokens), inputs.token_mask)
     return selection_result("topk", settings, budget, picks, inputs.num_tokens, importance=importance)

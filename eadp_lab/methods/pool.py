@@ -39,28 +39,39 @@ def pooled_grid(grid: tuple[int, int], budget: int) -> tuple[int, int]:
     return best[1]
 
 
+def _pool_row(features: torch.Tensor, grid: tuple[int, int], budget: int):
+    """One row: ``features`` ``(H * W, D)`` -> pooled ``(h * w, D)``, centre tokens ``(h * w,)``, ``(h, w)``."""
+    H, W = grid
+    h, w = (H, W) if budget >= H * W else pooled_grid((H, W), budget)
+    x = features.float().T.reshape(1, -1, H, W)
+    merged = F.adaptive_avg_pool2d(x, (h, w)).reshape(-1, h * w).T.to(features.dtype)
+    # centre token of each adaptive cell [floor(i H / h), ceil((i + 1) H / h))
+    ys = torch.tensor([(math.floor(i * H / h) + math.ceil((i + 1) * H / h) - 1) // 2 for i in range(h)])
+    xs = torch.tensor([(math.floor(j * W / w) + math.ceil((j + 1) * W / w) - 1) // 2 for j in range(w)])
+    centre = (ys[:, None] * W + xs[None, :]).flatten().to(features.device)
+    return merged, centre, (h, w)
+
+
 @register("pool", NoSettings, text_guided=False,
           reference="uniform spatial average pooling of the grid (Wen et al., Findings of ACL 2025)")
 def run_pool(inputs: PruneInputs, budget: int, settings: NoSettings) -> PruneResult:
     """Average-pool each row's ``(H, W)`` grid to :func:`pooled_grid` cells.
 
     ``picks`` holds, for each output cell in raster order, the input token at the cell's
-    centre (for position ids); ``merged`` the pooled features ``(R, h * w, D)``.
+    centre (for position ids); ``merged`` the pooled features ``(R, T, D)`` (rows with fewer
+    cells are padded; ``quotas`` says how many count).
     """
     R, N, D = inputs.features.shape
-    H, W = inputs.resolved_grid(strict=True)
-    if budget >= N:
-        h, w = H, W
-    else:
-        h, w = pooled_grid((H, W), budget)
-    x = inputs.features.float().transpose(1, 2).reshape(R, D, H, W)
-    merged = F.adaptive_avg_pool2d(x, (h, w)).reshape(R, D, h * w).transpose(1, 2).to(inputs.features.dtype)
-    # centre token of each adaptive cell [floor(i H / h), ceil((i + 1) H / h))
-    ys = torch.tensor([(math.floor(i * H / h) + math.ceil((i + 1) * H / h) - 1) // 2 for i in range(h)])
-    xs = torch.tensor([(math.floor(j * W / w) + math.ceil((j + 1) * W / w) - 1) // 2 for j in range(w)])
-    centre = (ys[:, None] * W + xs[None, :]).flatten().to(inputs.features.device)
-    picks = centre.expand(R, -1).clone()
-    quotas = torch.full((R,), h * w, dtype=torch.long, device=picks.device)
-    keep_mask = torch.zeros(R, N, dtype=torch.bool, device=picks.device).scatter_(1, picks, True)
+    rows = [_pool_row(inputs.features[r, : H * W], (H, W), budget)
+            for r, (H, W) in enumerate(inputs.row_grids(strict=True))]
+    T = max(len(centre) for _, centre, _ in rows)
+    merged = inputs.features.new_zeros(R, T, D)
+    picks = torch.full((R, T), -1, dtype=torch.long, device=inputs.features.device)
+    for r, (pooled, centre, _) in enumerate(rows):
+        merged[r, : len(centre)] = pooled
+        picks[r, : len(centre)] = centre
+    quotas = (picks >= 0).sum(-1)
+    target = torch.where(picks >= 0, picks, N)
+    keep_mask = torch.zeros(R, N + 1, dtype=torch.bool, device=picks.device).scatter_(1, target, True)[:, :N]
     return PruneResult(method="pool", settings={}, budget=budget, picks=picks, quotas=quotas,
-                       keep_mask=keep_mask, merged=merged, extra={"pooled_grid": (h, w)})
+                       keep_mask=keep_mask, merged=merged, extra={"pooled_grid": [g for _, _, g in rows]})

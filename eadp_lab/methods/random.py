@@ -29,6 +29,10 @@ def run_random(inputs: PruneInputs, budget: int, settings: RandomSettings) -> Pr
     """Keep ``budget`` tokens drawn uniformly without replacement (CPU generator, any device)."""
     R, N = inputs.num_rows, inputs.num_tokens
     generator = torch.Generator().manual_seed(settings.seed)
-    order = torch.randperm(N, generator=generator)[: min(budget, N)]
-    picks = order.to(inputs.features.device).expand(R, -1).clone()
+    order = torch.randperm(N, generator=generator).to(inputs.features.device)
+    T = min(budget, N)
+    picks = torch.full((R, T), -1, dtype=torch.long, device=order.device)
+    for r, count in enumerate(inputs.token_counts.tolist()):  # ragged rows: real tokens come first
+        mine = order[order < count][:T]
+        picks[r, : len(mine)] = mine
     return selection_result("random", settings, budget, picks, N)
