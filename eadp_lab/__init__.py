@@ -7,4 +7,14 @@ from .config import PRESETS, EADPConfig, preset
 from .methods import METHODS, PruneInputs, PruneResult, prune
 
 __version__ = "0.1.0"
-__all__ = ["EADPConfig", "PRESETS", "preset", "METHODS", "PruneInputs", "PruneResult", "prune", "__version__"]
+__all__ = ["EADPConfig", "PRESETS", "preset", "METHODS", "PruneInputs", "PruneResult", "prune", "attach",
+           "__version__"]
+
+
+def __getattr__(name):
+    # transformers is imported only when a model is attached
+    if name == "attach":
+        from .models import attach
+
+        return attach
+    raise AttributeError(f"module 'eadp_lab' has no attribute {name!r}")

@@ -143,7 +143,8 @@ def _incremental_cpu(r: torch.Tensor, K: torch.Tensor, T: int, candidates: torch
     from ._greedy_cpu import greedy_batch
 
     picks = np.empty((r.shape[0], T), dtype=np.int64)
-    greedy_batch(K.contiguous().numpy(), r.contiguous().numpy(), candidates.contiguous().numpy(), T, picks)
+    greedy_batch(K.detach().contiguous().numpy(), r.detach().contiguous().numpy(), candidates.contiguous().numpy(),
+                 T, picks)
     return torch.from_numpy(picks)
 
 

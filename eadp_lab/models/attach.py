@@ -1,0 +1,486 @@
+"""Attach any pruning method of the registry to a transformers VLM, without forking it.
+
+    with eadp_lab.attach(model, method="eadp", budget=64, scoring="llm", tokenizer=processor.tokenizer) as pruner:
+        out = model.generate(**inputs, max_new_tokens=16)
+    pruner.last  # what was kept, per image / video, with every intermediate
+
+The seam is the narrowest one that sees the visual features, the prompt and the cache
+together: a forward pre-hook on the model's inner ``*Model`` (``model.model``). On the
+prefill it encodes the images (or takes what ``generate`` already encoded), scores and
+selects per image, crop or frame, removes the dropped placeholder tokens from
+``input_ids``, ``attention_mask`` and ``position_ids`` (re-left-padding the batch), and hands
+the kept features back as ``mm_encoder_outputs``. On every decode step it rewrites the
+attention mask and positions, because ``generate`` keeps counting the unpruned prompt. So
+``generate``'s output still starts with the caller's own prompt. Qwen2.5-VL's kept tokens
+keep their original 3-D (t, h, w) rotary positions. A ``get_*_features`` wrapper records
+the metadata (``image_sizes``, grids, vision states) that ``generate`` drops before the
+forward pass. transformers 5.x. Taught in ``notebooks/04_full_model_benchmarks``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_choice
+from ..config import EADPConfig, preset
+from ..methods import METHODS, PruneInputs, PruneResult, prune
+from .layouts import ItemLayout, family_of, item_layouts
+from .scorers import CLIPScorer, LLMScorer, load_clip
+
+__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL"]
+
+# Paper-faithful defaults (content tokens only) per family and modality.
+DEFAULT_PRESETS = {
+    ("llava", "image"): "llava-1.5",
+    ("llava_next", "image"): "llava-1.6-anyres",
+    ("llava_next_video", "image"): "llava-1.6-anyres",
+    ("llava_onevision", "image"): "llava-1.6-anyres",
+    ("llava_next_video", "video"): "llava-video",
+    ("llava_onevision", "video"): "llava-video",
+    ("qwen2_5_vl", "image"): "qwen2.5-vl-llm",
+    ("qwen2_5_vl", "video"): "llava-video",
+}
+
+# Chat-template text after the instruction, stripped from the prompt before scoring.
+TEMPLATE_TAIL = re.compile(r"\s*(ASSISTANT:|\[/INST\]|(<\|im_start\|>)?\s*assistant)\s*$", re.IGNORECASE)
+
+
+@dataclass
+class ItemRecord:
+    """What happened to one image or video of a call."""
+
+    modality: str
+    sample: int
+    instruction: str | None
+    tokens_before: int  # visual tokens the model produced (newlines included)
+    tokens_after: int  # visual tokens the language model received
+    kept: torch.Tensor  # (tokens_after,) indices into the item's tokens, ascending
+    result: PruneResult
+    layout: ItemLayout
+    text_tokens: list[str]
+
+
+@dataclass
+class CallRecord:
+    """One prefill: every item, and the sequence lengths before and after pruning."""
+
+    items: list[ItemRecord] = field(default_factory=list)
+    length_before: int = 0
+    length_after: int = 0
+    kept_columns: torch.Tensor | None = None  # (B, length_before) bool: prompt positions the LM saw
+    seconds: float = 0.0  # time spent scoring and selecting (the method's overhead)
+
+
+def _resolve_settings(method, family, modality, settings):
+    entry = METHODS[method]
+    if isinstance(settings, dict):
+        settings = settings.get(modality)
+    if settings is not None:
+        return settings
+    if entry.settings is EADPConfig:
+        return preset(DEFAULT_PRESETS[(family, modality)], faithful=True)
+    return entry.settings()
+
+
+class Pruner:
+    """A pruning method attached to a model (see :func:`attach`). Remove with :meth:`remove`.
+
+    Attributes:
+        last: the :class:`CallRecord` of the latest prefill; ``history`` the recent ones.
+        instructions: per-sample instruction texts for the next call only (overrides the
+            text taken from each prompt); reset after use.
+    """
+
+    def __init__(self, model, method="eadp", budget=64, scoring="llm", settings=None, clip=None, tokenizer=None,
+                 clip_tokenizer=None, text_positions=None, positions="renumber", newlines="rows",
+                 keep_history: int = 8, **overrides):
+        check_choice("method", method, METHODS)
+        check_choice("scoring", scoring, ("clip", "llm"))
+        check_choice("positions", positions, ("renumber", "original"))
+        check_choice("newlines", newlines, ("rows", "all", "none"))
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0 or (
+            isinstance(budget, float) and budget > 1
+        ):
+            raise ValueError(f"budget must be an integer >= 1 (tokens per row) or a fraction in (0, 1], got {budget!r}")
+        self.model = model
+        self.family = family_of(model)
+        self.inner = model.model
+        self.method = method
+        self.budget = budget
+        self.settings = settings
+        self.overrides = overrides
+        self.positions = positions
+        self.newlines = newlines
+        self.keep_history = keep_history
+        self.tokenizer = tokenizer
+        self.is_qwen = self.family == "qwen2_5_vl"
+        if text_positions is None:
+            first = settings if isinstance(settings, EADPConfig) else None
+            text_positions = first.text_positions if first is not None else "content"
+        self.text_positions = text_positions
+        if scoring == "clip":
+            if clip is None:
+                raise ValueError("scoring='clip' needs clip=<CLIPModel, hub id or path> (the checkpoint of the "
+                                 "model's vision tower, e.g. openai/clip-vit-large-patch14-336)")
+            if isinstance(clip, (str, bytes)) or hasattr(clip, "__fspath__"):
+                clip, loaded_tokenizer = load_clip(clip, device=next(model.parameters()).device)
+                clip_tokenizer = clip_tokenizer or loaded_tokenizer
+            if clip_tokenizer is None:
+                raise ValueError("scoring='clip' with a CLIPModel instance needs clip_tokenizer=")
+            if tokenizer is None:
+                raise ValueError("scoring='clip' needs the VLM's tokenizer (tokenizer=processor.tokenizer) to read "
+                                 "each prompt's instruction, or set pruner.instructions before each call")
+            self.scorer = CLIPScorer(clip, clip_tokenizer, text_positions)
+            self.scorer.check_matches(self.inner.vision_tower)
+        else:
+            specials = {getattr(model.config, k, None) for k in ("image_token_id", "video_token_id",
+                                                                   "vision_start_token_id", "vision_end_token_id")}
+            text_config = model.config.get_text_config()
+            specials |= {getattr(text_config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+            specials = {s for s in specials if isinstance(s, int)}
+            self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, specials)
+        self.instructions: list[str] | None = None
+        self.history: list[CallRecord] = []
+        self._previous_prompt = None
+        self._captured: dict = {}
+        self._state = None
+        self._wrapped = {}
+        for modality in ("image", "video"):
+            name = f"get_{modality}_features"
+            original = getattr(self.inner, name, None)
+            if original is not None:
+                self._wrapped[name] = original
+                setattr(self.inner, name, self._capturing(modality, original))
+        self._handle = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    # ------------------------------------------------------------------ lifetime
+    @property
+    def last(self) -> CallRecord | None:
+        return self.history[-1] if self.history else None
+
+    def remove(self) -> None:
+        """Detach: the model behaves exactly as before."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            for name in self._wrapped:
+                delattr(self.inner, name)  # the class's own method shows through again
+            self._wrapped = {}
+            self._state = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    # ------------------------------------------------------------------ capture
+    def _capturing(self, modality, original):
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            out = original(*args, **kwargs)
+            bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+            bound.pop("kwargs", None)
+            self._captured[modality] = (bound, out)
+            return out
+
+        return wrapper
+
+    # ------------------------------------------------------------------ the hook
+    def _pre_hook(self, module, args, kwargs):
+        kwargs = dict(kwargs)
+        if args:  # LLaVA-NeXT's outer forward passes input_ids positionally
+            kwargs["input_ids"], args = args[0], args[1:]
+        cache = kwargs.get("past_key_values")
+        cached = 0 if cache is None else cache.get_seq_length()
+        visual = any(kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos")) or any(
+            v is not None for v in (kwargs.get("mm_encoder_outputs") or {}).values()
+        )
+        if cached == 0:
+            self._state = None
+            if visual:
+                if kwargs.get("input_ids") is None:
+                    raise ValueError("pruning needs input_ids (a call with inputs_embeds only cannot be pruned)")
+                kwargs = self._prefill(kwargs)
+            return args, kwargs
+        if visual:
+            raise ValueError("visual inputs with a non-empty cache (chunked prefill) cannot be pruned")
+        if self._state is not None:
+            kwargs = self._decode(kwargs)
+        return args, kwargs
+
+    # ------------------------------------------------------------------ prefill
+    def _encode(self, kwargs) -> dict:
+        """``mm_encoder_outputs`` as ``generate`` makes them, computing what is missing."""
+        mm = dict(kwargs.get("mm_encoder_outputs") or {})
+        for modality, key in (("image", "pixel_values"), ("video", "pixel_values_videos")):
+            if kwargs.get(key) is None or mm.get(modality) is not None:
+                continue
+            fn = getattr(self.inner, f"get_{modality}_features")
+            names = [k for k in inspect.signature(fn).parameters if k != "kwargs"]
+            mm[modality] = fn(**{k: kwargs[k] for k in names if kwargs.get(k) is not None}, return_dict=True)
+        for key in ("pixel_values", "pixel_values_videos"):
+            kwargs.pop(key, None)
+        return mm
+
+    @staticmethod
+    def _items(pooler_output) -> list[torch.Tensor]:
+        """``pooler_output`` -> one ``(n_i, D)`` tensor per image or video."""
+        if isinstance(pooler_output, torch.Tensor):
+            return list(pooler_output) if pooler_output.ndim == 3 else [pooler_output]
+        return [t.reshape(-1, t.shape[-1]) for t in pooler_output]
+
+    def _instruction(self, ids: torch.Tensor, mask: torch.Tensor, sample: int):
+        """The instruction of one sample: ``(text or None, ids)``, from the prompt after its last
+        visual token, or from :attr:`instructions`."""
+        if self.instructions is not None:
+            return self.instructions[sample], None
+        config = self.model.config
+        visual = [getattr(config, k, None) for k in ("image_token_id", "video_token_id", "vision_end_token_id")]
+        row = ids[mask.bool()]
+        where = torch.isin(row, torch.tensor([v for v in visual if v is not None], device=row.device))
+        after = row[int(where.nonzero().max()) + 1:] if bool(where.any()) else row
+        if self.tokenizer is None:
+            return None, after
+        text = self.tokenizer.decode(after.tolist(), skip_special_tokens=True)
+        return TEMPLATE_TAIL.sub("", text).strip(), after
+
+    def _budget(self, layout: ItemLayout) -> int:
+        if isinstance(self.budget, float):
+            full = max(int(r.numel()) for r in layout.rows)
+            return max(1, round(self.budget * full))
+        return int(self.budget)
+
+    def _prune_item(self, feats, layout, text, settings) -> PruneResult:
+        N = max(len(r) for r in layout.rows)
+        R = len(layout.rows)
+        F = feats.new_zeros(R, N, feats.shape[-1])
+        for r, idx in enumerate(layout.rows):
+            F[r, : len(idx)] = feats[idx.to(feats.device)]
+        V = None
+        if layout.vision is not None and isinstance(self.scorer, CLIPScorer):
+            V_rows = [self.scorer.image_embeds(v) for v in layout.vision]
+            V = V_rows[0].new_zeros(R, N, V_rows[0].shape[-1])
+            for r, v in enumerate(V_rows):
+                V[r, : len(v)] = v
+        elif isinstance(self.scorer, CLIPScorer) and METHODS[self.method].text_guided:
+            raise ValueError(f"scoring='clip' has no CLIP vision states for this {layout.modality} "
+                             "(an interpolated OneVision grid or a non-CLIP tower): use scoring='llm'")
+        ragged = any(g[0] * g[1] != N for g in layout.grids) or len(set(layout.grids)) > 1
+        inputs = PruneInputs(
+            features=F, image_embeds=V.to(F.device) if V is not None else None,
+            text_embeds=None if text is None or text.global_ is None else text.global_.to(F.device),
+            text_embeds_seq=None if text is None else text.dense.to(F.device),
+            text_mask=None if text is None else text.mask.to(F.device),
+            grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,),
+        )
+        return prune(self.method, inputs, self._budget(layout), settings, **self.overrides)
+
+    def _kept(self, layout, result, feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept token indices of an item (ascending) and the features the LM receives for them."""
+        feats_out = feats
+        chosen = []
+        for r, idx in enumerate(layout.rows):
+            if result.merged is not None:
+                q = int(result.quotas[r])
+                cells = idx[result.picks[r, :q].cpu()]
+                feats_out = feats_out.clone() if feats_out is feats else feats_out
+                feats_out[cells.to(feats.device)] = result.merged[r, :q].to(feats.dtype)
+                chosen.append(cells)
+            else:
+                chosen.append(idx[result.keep_mask[r, : len(idx)].cpu()])
+        kept = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+        lines = []
+        if self.newlines == "all":
+            lines = [k for k, _ in layout.newlines]
+        elif self.newlines == "rows":
+            kept_set = set(kept.tolist())
+            lines = [k for k, line in layout.newlines if any(int(i) in kept_set for i in line)]
+        extra = torch.tensor(lines + list(layout.always), dtype=torch.long)
+        kept = torch.unique(torch.cat([kept, extra]))  # sorted
+        return kept, feats_out[kept.to(feats.device)]
+
+    def _container(self, modality, kept_items):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        out = kept_items
+        if modality == "video" and self.family == "llava_onevision":
+            out = torch.cat(kept_items)[None]  # the model flattens (1, sum k, D)
+        elif modality == "video" and self.family == "llava_next_video":
+            out = [t[None] for t in kept_items]  # the model flattens each (1, k, D)
+        return BaseModelOutputWithPooling(pooler_output=out)
+
+    def _prefill(self, kwargs):
+        import time
+
+        start = time.perf_counter()
+        ids = kwargs["input_ids"]
+        B, L = ids.shape
+        mask_in = kwargs.get("attention_mask")
+        if mask_in is not None and mask_in.ndim != 2:
+            raise ValueError("a 4-D attention mask (static or compiled cache) cannot be pruned")
+        mask = torch.ones_like(ids) if mask_in is None else mask_in.to(ids.device).long()
+        mm = self._encode(kwargs)
+        previous = self._previous_prompt
+        if previous is not None and L > previous[0].shape[1] and torch.equal(ids[:, : previous[0].shape[1]], previous[0]):
+            instructions = previous[1]  # generate without a cache re-sends prompt + new tokens: same instruction
+        else:
+            instructions = [self._instruction(ids[b], mask[b], b) for b in range(B)]
+        self._previous_prompt = (ids, instructions)
+        text_cache: dict[int, object] = {}
+        keep = mask.bool().clone()
+        new_mm, record = {}, CallRecord(length_before=L)
+        for modality in ("image", "video"):
+            out = mm.get(modality)
+            if out is None:
+                continue
+            token_id = getattr(self.model.config, f"{modality}_token_id")
+            items = self._items(out.pooler_output)
+            where = (ids == token_id).nonzero()  # row-major: the order masked_scatter fills
+            if len(where) != sum(len(t) for t in items):
+                raise ValueError(f"{len(where)} {modality} placeholders for {sum(len(t) for t in items)} features "
+                                 "(beam search and num_return_sequences > 1 are not supported with pruning)")
+            starts, samples = [0], []
+            for t in items:
+                samples.append(int(where[starts[-1], 0]))
+                starts.append(starts[-1] + len(t))
+            layouts = item_layouts(self.family, self.inner, modality, [len(t) for t in items], samples,
+                                   self._captured.get(modality))
+            settings = _resolve_settings(self.method, self.family, modality, self.settings)
+            kept_items = []
+            for i, (feats, layout) in enumerate(zip(items, layouts)):
+                b = layout.sample
+                text = None
+                if METHODS[self.method].text_guided:
+                    if b not in text_cache:
+                        instruction, span = instructions[b]
+                        if instruction is not None or isinstance(self.scorer, CLIPScorer):
+                            if instruction is None:
+                                raise ValueError("no instruction text for CLIP scoring")
+                            text_cache[b] = self.scorer.text(instruction)
+                        else:
+                            text_cache[b] = self.scorer.text(ids=span)
+                    text = text_cache[b]
+                with torch.no_grad():
+                    result = self._prune_item(feats.detach(), layout, text, settings)
+                kept, kept_feats = self._kept(layout, result, feats)
+                kept_items.append(kept_feats)
+                positions = where[starts[i] : starts[i + 1]]
+                drop = torch.ones(len(feats), dtype=torch.bool)
+                drop[kept] = False
+                keep[positions[drop.to(positions.device), 0], positions[drop.to(positions.device), 1]] = False
+                record.items.append(ItemRecord(
+                    modality, b, instructions[b][0], len(feats), len(kept), kept, result, layout,
+                    [] if text is None else text.tokens,
+                ))
+            new_mm[modality] = self._container(modality, kept_items)
+        self.instructions = None
+        record.kept_columns = keep
+        kwargs = self._shorten(kwargs, ids, mask, mask_in, keep)
+        kwargs["mm_encoder_outputs"] = new_mm
+        record.length_after = int(kwargs["input_ids"].shape[1])
+        record.seconds = time.perf_counter() - start
+        self.history = (self.history + [record])[-self.keep_history:]
+        return kwargs
+
+    def _shorten(self, kwargs, ids, mask, mask_in, keep):
+        """Gather the kept columns of every sample, left-padded again; fix positions."""
+        B, L = ids.shape
+        counts = keep.sum(1)
+        Lp = int(counts.max())
+        index = torch.zeros(B, Lp, dtype=torch.long, device=ids.device)
+        new_mask = torch.zeros(B, Lp, dtype=torch.long, device=ids.device)
+        for b in range(B):
+            cols = keep[b].nonzero().squeeze(1)
+            index[b, Lp - len(cols):] = cols
+            new_mask[b, Lp - len(cols):] = 1
+        pad = self.model.config.get_text_config().pad_token_id or 0
+        kwargs["input_ids"] = torch.where(new_mask.bool(), ids.gather(1, index), torch.full_like(index, pad))
+        dropped = mask.sum(1) - counts
+        renumbered = (new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 0)
+        position_ids = kwargs.get("position_ids")
+        if self.is_qwen:
+            if position_ids is None:  # plain forward: the 3-D positions of the unpruned sequence
+                if kwargs.get("mm_token_type_ids") is None:
+                    raise ValueError("Qwen2.5-VL pruning needs mm_token_type_ids (the processor returns them)")
+                captured = {k: v for k, v in kwargs.items() if k.endswith("grid_thw") or k == "second_per_grid_ts"}
+                thw, deltas = self.inner.get_rope_index(
+                    ids, mm_token_type_ids=kwargs["mm_token_type_ids"], attention_mask=mask, **captured)
+            else:  # generate computed [text; t; h; w] on the unpruned prompt
+                thw = position_ids[1:] if position_ids.shape[0] == 4 else position_ids
+                deltas = self.inner.rope_deltas
+            kept_thw = thw.gather(2, index[None].expand(3, -1, -1)).masked_fill(new_mask[None] == 0, 1)
+            kwargs["position_ids"] = torch.cat([renumbered[None], kept_thw], 0)
+            if deltas is not None:  # for decoding without explicit positions
+                self.inner.rope_deltas = deltas + dropped.view(-1, 1).to(deltas)
+            if kwargs.get("mm_token_type_ids") is not None:
+                kwargs["mm_token_type_ids"] = kwargs["mm_token_type_ids"].gather(1, index) * new_mask
+        elif self.positions == "renumber":
+            kwargs["position_ids"] = renumbered
+        else:
+            original = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) if position_ids is None else position_ids
+            kwargs["position_ids"] = original.gather(1, index).masked_fill(new_mask == 0, 1)
+        all_ones = bool(new_mask.all())
+        kwargs["attention_mask"] = None if (all_ones and mask_in is None) else new_mask
+        self._state = dict(length=L, mask=new_mask, dropped=dropped, all_ones=all_ones)
+        return kwargs
+
+    # ------------------------------------------------------------------ decode
+    def _decode(self, kwargs):
+        state = self._state
+        ids = kwargs.get("input_ids")
+        q = ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1]
+        cache = kwargs.get("past_key_values")
+        total = cache.get_seq_length() + q
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.ndim == 2:  # generate's mask counts the unpruned prompt
+            kwargs["attention_mask"] = torch.cat([state["mask"], mask[:, state["length"]:].to(state["mask"])], 1)[:, :total]
+        elif mask is None and not state["all_ones"]:
+            width = state["mask"].shape[1]
+            kwargs["attention_mask"] = torch.cat(
+                [state["mask"], state["mask"].new_ones(state["mask"].shape[0], total - width)], 1)
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:
+            shift = state["dropped"].to(position_ids.device).view(-1, 1)
+            if self.is_qwen:
+                if position_ids.shape[0] == 4:
+                    position_ids = position_ids.clone()
+                    position_ids[0] = position_ids[0] - shift
+            elif self.positions == "renumber":
+                position_ids = position_ids - shift
+            kwargs["position_ids"] = position_ids
+        return kwargs
+
+
+def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str = "llm", settings=None, **kwargs) -> Pruner:
+    """Make ``model(**inputs)`` and ``model.generate(**inputs)`` prune visual tokens before the
+    language model. Use as a context manager, or call ``.remove()``.
+
+    Args:
+        model: a ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+            ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``
+            or ``Qwen2_5_VLForConditionalGeneration`` (transformers 5.x).
+        method: a registry name (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``,
+            ``divprune``, ``cdpruner``, ``none``).
+        budget: tokens kept per row (image, AnyRes crop, video frame) before EADP's
+            allocation across an image's crops; a float in (0, 1] keeps that fraction.
+        scoring: ``"clip"`` (LLaVA families; give ``clip=`` a ``CLIPModel`` with
+            ``clip_tokenizer=``, or a hub id or path) or ``"llm"`` (the language model's
+            input embeddings; any model).
+        settings: the method's settings (e.g. ``eadp_lab.preset("llava-1.5")``), or a dict
+            ``{"image": ..., "video": ...}``; default: the paper-faithful preset of the
+            model family (:data:`DEFAULT_PRESETS`).
+        **kwargs: ``tokenizer`` (the VLM's, to read each prompt's instruction),
+            ``positions`` (``"renumber"`` kept tokens contiguously, or keep the ``"original"``
+            1-D positions; Qwen2.5-VL always keeps its 3-D ones), ``newlines`` (AnyRes
+            ``image_newline`` tokens: keep those of ``"rows"`` that keep a token, ``"all"``
+            or ``"none"``), ``text_positions``, ``keep_history``, and overrides of the
+            method's settings (e.g. ``alpha=0.3``).
+    """
+    return Pruner(model, method=method, budget=budget, scoring=scoring, settings=settings, **kwargs)

@@ -1,0 +1,286 @@
+"""attach() on tiny random models of every supported class (no download)."""
+
+import pytest
+import torch
+
+import tiny_vlms as T
+from eadp_lab import METHODS, attach, preset
+
+CASES = [("llava", False), ("llava_next", False), ("llava_next_video", False), ("llava_next_video", True),
+         ("llava_onevision", False), ("llava_onevision", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True)]
+IDS = [f"{f}-{'video' if v else 'image'}" for f, v in CASES]
+GEN = dict(max_new_tokens=3, do_sample=False, suppress_tokens=[T.IMG, T.VID])
+
+
+def build(family, video, samples=(0, 1)):
+    model = T.BUILDERS[family]()
+    return model, T.inputs(family, model, samples=samples, video=video)
+
+
+class LMInputs:
+    """Records what the language model receives (a forward pre-hook on it)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.calls.append({k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+
+    def remove(self):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("family, video", CASES, ids=IDS)
+@torch.no_grad()
+def test_full_budget_equals_the_unattached_model(family, video):
+    model, inputs = build(family, video)
+    before = model(**inputs).logits
+    with attach(model, "eadp", budget=10_000, tokenizer=T.tokenizer()) as pruner:
+        during = model(**inputs).logits
+        assert all(item.tokens_after == item.tokens_before for item in pruner.last.items)
+    assert torch.allclose(during, before, atol=1e-5)
+    after = model(**inputs).logits
+    assert torch.equal(after, before)
+    assert "get_image_features" not in vars(model.model) and not model.model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("family, video", CASES, ids=IDS)
+@torch.no_grad()
+def test_the_language_model_receives_exactly_the_kept_tokens(family, video):
+    model, inputs = build(family, video)
+    seen = LMInputs(model)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        record = pruner.last
+    seen.remove()
+    embeds = seen.calls[-1]["inputs_embeds"]  # (B, L', D)
+    mask = seen.calls[-1].get("attention_mask")
+    B = inputs["input_ids"].shape[0]
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long) if mask is None else mask
+    # every sample: its text plus exactly the kept visual tokens of its items
+    for b in range(B):
+        items = [it for it in record.items if it.sample == b]
+        visual_before = sum(it.tokens_before for it in items)
+        text = int(inputs["attention_mask"][b].sum()) - visual_before
+        assert int(mask[b].sum()) == text + sum(it.tokens_after for it in items)
+    for it in record.items:
+        per_row = [int(k) for k in it.result.keep_mask.sum(1)] if it.result.merged is None else it.result.quotas.tolist()
+        assert sum(per_row) <= sum(len(r) for r in it.layout.rows)
+        if family in ("llava", "qwen2_5_vl") or it.modality == "video":
+            # one budget per image, frame or temporal group: exactly 4 each (the video preset has no allocation)
+            assert per_row == [min(4, len(r)) for r in it.layout.rows]
+    kept_cols = record.kept_columns
+    for b in range(B):
+        cols = kept_cols[b].nonzero().squeeze(1)
+        new_positions = torch.arange(embeds.shape[1] - len(cols), embeds.shape[1])
+        token = inputs["input_ids"][b, cols]
+        is_visual = (token == T.IMG) | (token == T.VID)
+        lm_visual = embeds[b, new_positions[is_visual]]
+        assert lm_visual.shape[0] == sum(it.tokens_after for it in record.items if it.sample == b)
+    # the features themselves are compared in test_kept_features_reach_the_model
+
+
+@torch.no_grad()
+def test_kept_features_reach_the_model():
+    model, inputs = build("llava", False)
+    feats = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    seen = LMInputs(model)
+    with attach(model, "eadp", budget=5, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+    seen.remove()
+    embeds = seen.calls[-1]["inputs_embeds"]
+    for it in pruner.last.items:
+        b = it.sample
+        cols = pruner.last.kept_columns[b].nonzero().squeeze(1)
+        visual = inputs["input_ids"][b, cols] == T.IMG
+        got = embeds[b, embeds.shape[1] - len(cols):][visual]
+        assert torch.allclose(got, feats[b][it.kept], atol=1e-6)
+        assert len(it.kept) == 5
+
+
+@pytest.mark.parametrize("family, video", CASES, ids=IDS)
+@torch.no_grad()
+def test_generate_runs_and_cache_agrees(family, video):
+    model, inputs = build(family, video)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        cached = model.generate(**inputs, **GEN)
+        assert pruner.last.length_after < pruner.last.length_before
+        uncached = model.generate(**inputs, use_cache=False, **GEN)
+    L = inputs["input_ids"].shape[1]
+    assert cached.shape == (inputs["input_ids"].shape[0], L + 3)
+    assert torch.equal(cached[:, :L], inputs["input_ids"])  # the caller's own prompt comes back
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("family, video", CASES, ids=IDS)
+@torch.no_grad()
+def test_a_batch_gives_each_sample_what_it_gets_alone(family, video):
+    model, inputs = build(family, video)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        batch_logits = model(**inputs).logits[:, -1]
+        batch_items = pruner.last.items
+        batch_gen = model.generate(**inputs, **GEN)[:, inputs["input_ids"].shape[1]:]
+        for b in (0, 1):
+            alone = T.inputs(family, model, samples=(b,), video=video)
+            logits = model(**alone).logits[:, -1]
+            assert torch.allclose(logits[0], batch_logits[b], atol=1e-5)
+            mine = [it for it in batch_items if it.sample == b]
+            for a, c in zip(pruner.last.items, mine):
+                assert torch.equal(a.kept, c.kept)
+                assert torch.equal(a.result.picks, c.result.picks)
+            gen = model.generate(**alone, **GEN)[:, alone["input_ids"].shape[1]:]
+            assert torch.equal(gen[0], batch_gen[b])
+
+
+@pytest.mark.parametrize("video", [False, True])
+@torch.no_grad()
+def test_qwen_kept_tokens_keep_their_3d_positions(video):
+    model, inputs = build("qwen2_5_vl", video)
+    original, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"],
+        **{k: v for k, v in inputs.items() if k.endswith("grid_thw") or k == "second_per_grid_ts"})
+    seen = LMInputs(model)
+    with attach(model, "eadp", budget=3, tokenizer=T.tokenizer()) as pruner:
+        model.generate(**inputs, **GEN)
+        record = pruner.last
+    seen.remove()
+    prefill, first_step = seen.calls[0]["position_ids"], seen.calls[1]["position_ids"]
+    assert prefill.shape[0] == 4  # [text; t; h; w]
+    for b in range(inputs["input_ids"].shape[0]):
+        cols = record.kept_columns[b].nonzero().squeeze(1)
+        got = prefill[1:, b, prefill.shape[2] - len(cols):]
+        assert torch.equal(got, original[:, b, cols])  # kept visual tokens and the text after them
+        # text after the image continues from the unpruned position, and so does decoding
+        assert torch.equal(first_step[1:, b, 0], original[:, b, -1] + 1)
+    assert any(it.tokens_after < it.tokens_before for it in record.items)
+
+
+@torch.no_grad()
+def test_qwen_decoding_matches_the_unpruned_positions():
+    model, inputs = build("qwen2_5_vl", False)
+    seen = LMInputs(model)
+    model.generate(**inputs, **GEN)
+    unpruned = [c["position_ids"] for c in seen.calls]
+    seen.calls.clear()
+    with attach(model, "eadp", budget=2, tokenizer=T.tokenizer()):
+        model.generate(**inputs, **GEN)
+    seen.remove()
+    for a, b in zip(unpruned[1:], seen.calls[1:]):  # decode steps: the same (t, h, w) as without pruning
+        assert torch.equal(a[1:], b["position_ids"][1:])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@torch.no_grad()
+def test_every_registry_method_can_be_attached(method):
+    model, inputs = build("llava_next", False)
+    with attach(model, method, budget=4, tokenizer=T.tokenizer()) as pruner:
+        out = model.generate(**inputs, **GEN)
+        record = pruner.last
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    kept = sum(it.tokens_after for it in record.items)
+    total = sum(it.tokens_before for it in record.items)
+    assert (kept == total) if method == "none" else (kept < total)
+
+
+def test_instruction_comes_from_each_prompt():
+    model, inputs = build("llava", False)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        assert [it.instruction for it in pruner.last.items] == T.QUESTIONS
+        assert pruner.last.items[0].text_tokens == T.QUESTIONS[0].split()
+        pruner.instructions = ["how many blue circles are there ?", "what colour is the square ?"]
+        model(**inputs)
+        assert pruner.last.items[1].instruction == "what colour is the square ?"
+        model(**inputs)  # explicit instructions are used once
+        assert pruner.last.items[1].instruction == T.QUESTIONS[1]
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_next_video"])
+@torch.no_grad()
+def test_clip_scoring(family):
+    model, inputs = build(family, family == "llava_next_video")
+    clip = T.matching_clip(model)
+    with attach(model, "eadp", budget=4, scoring="clip", clip=clip, clip_tokenizer=T.tokenizer(),
+                tokenizer=T.tokenizer()) as pruner:
+        model.generate(**inputs, **GEN)
+        clip_items = pruner.last.items
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        llm_items = pruner.last.items
+    trace = clip_items[0].result.trace[0]
+    assert trace.global_similarity.shape[-1] == 1 and trace.dense_similarity.shape[-1] == len(T.QUESTIONS[0].split())
+    assert any(not torch.equal(a.kept, b.kept) for a, b in zip(clip_items, llm_items))
+
+
+def test_published_text_positions_score_the_padded_clip_input():
+    model, inputs = build("llava", False)
+    clip = T.matching_clip(model)
+    with attach(model, "eadp", budget=4, scoring="clip", clip=clip, clip_tokenizer=T.tokenizer(),
+                tokenizer=T.tokenizer(), settings=preset("llava-1.5")) as pruner:
+        model(**inputs)
+    trace = pruner.last.items[0].result.trace[0]
+    assert trace.entropy.shape[-1] == clip.config.text_config.max_position_embeddings  # every padded position
+    assert trace.kept_text.shape[-1] == int(0.2 * clip.config.text_config.max_position_embeddings)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@torch.no_grad()
+def test_half_precision_models(family, dtype):
+    model, inputs = build(family, False)
+    model = model.to(dtype)
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        out = model.generate(**inputs, **GEN)
+        assert all(it.tokens_after <= 4 for it in pruner.last.items if family == "llava")
+        assert pruner.last.items[0].result.importance.dtype == torch.float32
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@torch.no_grad()
+def test_original_positions_option():
+    model, inputs = build("llava", False)
+    seen = LMInputs(model)
+    with attach(model, "eadp", budget=4, positions="original"):
+        model(**inputs)
+    seen.remove()
+    pos = seen.calls[-1]["position_ids"][0]
+    assert bool((pos.diff() > 1).any())  # gaps where tokens were dropped
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unsupported_model_class():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with pytest.raises(ValueError, match="LlamaForCausalLM is not supported"):
+        attach(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in T.LLAMA.items() if k != "model_type"})))
+
+
+@pytest.mark.parametrize("budget", [0, -3, 1.5, "64", True])
+def test_bad_budget(budget):
+    with pytest.raises(ValueError, match="budget"):
+        attach(T.llava(), budget=budget)
+
+
+def test_clip_scorer_must_match_the_vision_tower():
+    model = T.llava()
+    other = T.matching_clip(T.llava(seed=1))
+    with pytest.raises(ValueError, match="does not match"):
+        attach(model, scoring="clip", clip=other, clip_tokenizer=T.tokenizer(), tokenizer=T.tokenizer())
+    with pytest.raises(ValueError, match="CLIP vision tower"):
+        attach(T.llava_onevision(), scoring="clip", clip=T.matching_clip(model), clip_tokenizer=T.tokenizer(),
+               tokenizer=T.tokenizer())
+    with pytest.raises(ValueError, match="tokenizer"):
+        attach(model, scoring="clip", clip=T.matching_clip(model), clip_tokenizer=T.tokenizer())
+    with pytest.raises(ValueError, match="clip="):
+        attach(model, scoring="clip")
+
+
+def test_unknown_method_and_options():
+    with pytest.raises(ValueError, match="method"):
+        attach(T.llava(), method="fastv")
+    with pytest.raises(ValueError, match="positions"):
+        attach(T.llava(), positions="shifted")
