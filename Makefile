@@ -1,12 +1,14 @@
-# eadp-lab: `make test` runs the test suite, creating or refreshing .venv first.
+# eadp-lab. `make book`: execute the notebooks and build the Jupyter Book (the main job).
+# `make test`: the test suite. Both create or refresh .venv first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch is pinned here and in requirements-ci.txt: 2.13.0 installs a CPU build from local disk.
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements-ci.txt
+export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test test-fast bench clean
+.PHONY: venv venv-book test test-fast book notebooks bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,15 @@ $(VENV)/.installed-test: pyproject.toml requirements-ci.txt | $(PY)
 	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
+$(VENV)/.installed-book: $(VENV)/.installed-test
+	$(PIP_INSTALL) -e ".[test,notebooks,book]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	command -v chromium > /dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	touch $@
+
 venv: $(VENV)/.installed-test
+
+venv-book: $(VENV)/.installed-book
 
 ## test: the whole suite (unit tests and the runs marked slow), as CI runs it
 test: venv
@@ -27,9 +37,20 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
+## book: execute every notebook (papermill), validate them (nbval), build the book, check it in a browser
+book: venv-book
+	$(PY) book/build.py execute
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env book/chapters
+	$(PY) book/build.py vendor build
+	$(PY) -m pytest -q tests/test_book_site.py --run-book
+
+## notebooks: execute the notebooks only (NB=00_tour,01_motivation_failures for some)
+notebooks: venv-book
+	$(PY) book/build.py execute $(if $(NB),--notebooks $(NB))
+
 ## bench: the facility-location benchmark (fast greedy against the published loop)
 bench: venv
 	$(PY) -m eadp_lab.bench select
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info book/_build book/chapters book/_vendor artifacts

@@ -11,3 +11,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def gen():
     """A seeded torch generator (CPU)."""
     return torch.Generator().manual_seed(1234)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-book", action="store_true", help="run the checks of the built book (make book)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Book checks need the built book: `make book` runs them; the unit suite deselects them."""
+    run_book = config.getoption("--run-book")
+    chosen = [i for i in items if ("book" in i.keywords) == run_book]
+    if len(chosen) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen

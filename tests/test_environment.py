@@ -47,7 +47,8 @@ def test_torch_is_pinned_to_the_local_cpu_build_everywhere():
     assert '"torch==2.13.0"' in (ROOT / "Makefile").read_text()
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "make test" in readme and "make test" in ci
+    for command in ("make test",):  # `make book` joins when the notebooks land (issue 5)
+        assert command in readme and command in ci

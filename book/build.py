@@ -1,0 +1,161 @@
+"""Execute the notebooks and build the Jupyter Book, offline. Called by `make book`.
+
+    python book/build.py [execute] [vendor] [build] [--notebooks 00_tour,01_...] [-p NAME VALUE ...]
+
+1. execute: every `notebooks/NN_*.ipynb` (outputs never committed) is run with papermill
+   into `book/chapters/` (git-ignored) with its default, CPU-sized parameters or the
+   `-p` overrides; per-notebook wall times go to `book/_build/timings.json`.
+2. vendor: MathJax 3, RequireJS and the ipywidgets HTML manager come from the npm registry
+   (`npm pack`, cached in `.cache/npm/`) into `book/_vendor/`, so that pages load nothing
+   from a CDN.
+3. build: `jupyter-book build` (1.x) with warnings as errors, then a check that no built
+   page loads a script or stylesheet from a CDN (sphinx-thebe's URL constant stays: thebe is
+   off and never loads; tests/test_book_site.py proves in a browser that nothing leaves
+   127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+BOOK = Path(__file__).resolve().parent
+ROOT = BOOK.parent
+NOTEBOOKS = ROOT / "notebooks"
+CHAPTERS = BOOK / "chapters"
+VENDOR = BOOK / "_vendor"
+CACHE = ROOT / ".cache" / "npm"
+NPM_PACKAGES = {  # npm package -> folder under book/_vendor
+    "mathjax@3.2.2": "mathjax",
+    "requirejs@2.3.8": "requirejs",
+    "@jupyter-widgets/html-manager@1.0.15": "html-manager",
+}
+CDN_HOSTS = ("cdn.jsdelivr.net", "cdnjs.cloudflare.com", "unpkg.com")
+
+
+def notebooks(names: list[str] | None = None) -> list[Path]:
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if names:
+        unknown = set(names) - {p.stem for p in found}
+        if unknown:
+            raise SystemExit(f"unknown notebooks: {sorted(unknown)}; have {[p.stem for p in found]}")
+        found = [p for p in found if p.stem in names]
+    return found
+
+
+def execute(names=None, parameters: dict | None = None) -> dict[str, float]:
+    import papermill
+
+    CHAPTERS.mkdir(exist_ok=True)
+    env_backup = os.environ.pop("MPLBACKEND", None)  # with Agg, plt.show() draws nothing
+    timings = {}
+    try:
+        for path in notebooks(names):
+            start = time.perf_counter()
+            print(f"[execute] {path.name} ...", flush=True)
+            papermill.execute_notebook(
+                str(path), str(CHAPTERS / path.name), parameters=parameters or {}, kernel_name="python3",
+                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+            )
+            timings[path.stem] = round(time.perf_counter() - start, 1)
+            print(f"[execute] {path.name}: {timings[path.stem]} s", flush=True)
+    finally:
+        if env_backup is not None:
+            os.environ["MPLBACKEND"] = env_backup
+    out = BOOK / "_build" / "timings.json"
+    out.parent.mkdir(exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    previous.update(timings)
+    out.write_text(json.dumps(previous, indent=2))
+    return timings
+
+
+def _npm_pack(spec: str) -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    name = spec.rsplit("@", 1)[0].lstrip("@").replace("/", "-")
+    version = spec.rsplit("@", 1)[1]
+    tarball = CACHE / f"{name}-{version}.tgz"
+    if not tarball.exists():
+        subprocess.run(["npm", "pack", spec, "--silent", "--pack-destination", str(CACHE)], check=True,
+                       stdout=subprocess.DEVNULL)
+    if not tarball.exists():
+        raise SystemExit(f"npm pack {spec} did not produce {tarball}")
+    return tarball
+
+
+def vendor() -> None:
+    """Unpack the front-end packages into book/_vendor (once)."""
+    VENDOR.mkdir(exist_ok=True)
+    for spec, folder in NPM_PACKAGES.items():
+        target = VENDOR / folder
+        if target.exists():
+            continue
+        with tarfile.open(_npm_pack(spec)) as tar:
+            tar.extractall(VENDOR / ".unpack", filter="data")
+        shutil.move(str(VENDOR / ".unpack" / "package"), str(target))
+        shutil.rmtree(VENDOR / ".unpack")
+    shutil.copy(VENDOR / "requirejs" / "require.js", VENDOR / "require.min.js")
+    # The widget manager loads its own modules and fonts through RequireJS: point it here.
+    (VENDOR / "widgets-config.js").write_text(
+        "(function () {\n"
+        "  var root = document.documentElement.dataset.content_root || './';\n"
+        "  require.config({paths: {'@jupyter-widgets/html-manager': root + '_static/html-manager'}});\n"
+        "})();\n"
+    )
+
+
+def build() -> None:
+    """Build the HTML book and fail if a page still loads something from a CDN."""
+    started = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(BOOK), "-W", "-n", "--keep-going"],
+                   check=True)
+    html = BOOK / "_build" / "html"
+    loads = re.compile(r"""(?:src|href)\s*=\s*["']https?://([^/"']+)""")
+    offenders = [f"{p.relative_to(html)}: {host}" for p in html.rglob("*.html")
+                 for host in loads.findall(p.read_text(errors="ignore")) if host in CDN_HOSTS]
+    if offenders:
+        raise SystemExit(f"pages still reference a CDN: {offenders}")
+    seconds = round(time.perf_counter() - started, 1)
+    timings = BOOK / "_build" / "timings.json"
+    data = json.loads(timings.read_text()) if timings.exists() else {}
+    data["book build"] = seconds
+    timings.write_text(json.dumps(data, indent=2))
+    print(f"[build] book built in {seconds} s: {html / 'index.html'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("steps", nargs="*", help="execute, vendor and/or build (default: all three, in order)")
+    parser.add_argument("--notebooks", help="comma-separated notebook names (default: all)")
+    parser.add_argument("-p", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                        help="papermill parameter override (value parsed as JSON when it can be)")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or ["execute", "vendor", "build"]
+    if set(args.steps) - {"execute", "vendor", "build"}:
+        parser.error(f"steps must be among execute, vendor, build; got {args.steps}")
+    parameters = {}
+    for name, value in args.p:
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    names = args.notebooks.split(",") if args.notebooks else None
+    if "execute" in args.steps:
+        execute(names, parameters)
+    if "vendor" in args.steps:
+        vendor()
+    if "build" in args.steps:
+        build()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
