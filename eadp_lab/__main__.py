@@ -6,7 +6,9 @@ import sys
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "bench":
-        print("usage: python -m eadp_lab bench {select} ...", file=sys.stderr)
+        from .bench import COMMANDS
+
+        print(f"usage: python -m eadp_lab bench {{{','.join(sorted(COMMANDS))}}} ...", file=sys.stderr)
         return 2
     from .bench import main as bench_main
 

@@ -319,7 +319,6 @@ class Pruner:
     def _prefill(self, kwargs):
         import time
 
-        start = time.perf_counter()
         ids = kwargs["input_ids"]
         B, L = ids.shape
         mask_in = kwargs.get("attention_mask")
@@ -327,6 +326,7 @@ class Pruner:
             raise ValueError("a 4-D attention mask (static or compiled cache) cannot be pruned")
         mask = torch.ones_like(ids) if mask_in is None else mask_in.to(ids.device).long()
         mm = self._encode(kwargs)
+        start = time.perf_counter()  # the method's own cost: after the vision tower
         previous = self._previous_prompt
         if previous is not None and L > previous[0].shape[1] and torch.equal(ids[:, : previous[0].shape[1]], previous[0]):
             instructions = previous[1]  # generate without a cache re-sends prompt + new tokens: same instruction
