@@ -1,0 +1,188 @@
+"""The notebooks' shared figures: one style, and the plots a reader would rather look at than read.
+
+Every function draws on a matplotlib ``Axes`` it is given (or a new one) and returns it; no
+function computes a method (that is the package's job). matplotlib and seaborn are imported
+when a function runs, not at ``import eadp_lab``. Used by every notebook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "set_style",
+    "PALETTE",
+    "METHOD_ORDER",
+    "image_panel",
+    "grid_heatmap",
+    "kept_overlay",
+    "token_bars",
+    "token_maps",
+    "curves",
+    "accuracy_vs_budget",
+]
+
+METHOD_ORDER = ["none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
+                "pool", "divprune", "cdpruner", "greedy", "dpp", "max-min"]
+PALETTE = "colorblind"
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def set_style(context: str = "notebook") -> None:
+    """seaborn's whitegrid theme, the colour-blind palette and compact figures for every chapter."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context=context, palette=PALETTE,
+                  rc={"figure.figsize": (6.4, 3.6), "figure.dpi": 100, "axes.titlesize": "medium",
+                      "image.cmap": "magma", "axes.grid": True})
+
+
+def method_colours(names) -> dict:
+    """A stable colour per method name across every figure of the book."""
+    import seaborn as sns
+
+    colours = sns.color_palette(PALETTE, len(METHOD_ORDER))
+    return {n: colours[METHOD_ORDER.index(n) % len(colours)] if n in METHOD_ORDER else colours[-1] for n in names}
+
+
+def _ax(ax, figsize=(3.2, 3.2)):
+    if ax is None:
+        _, ax = _plt().subplots(figsize=figsize)
+    return ax
+
+
+def _np(x):
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def image_panel(image, ax=None, title: str | None = None):
+    """Show an ``(H, W, 3)`` uint8 image without axes."""
+    ax = _ax(ax)
+    ax.imshow(_np(image).astype(np.uint8) if _np(image).dtype != np.uint8 else _np(image))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def grid_heatmap(values, grid: tuple[int, int], image=None, ax=None, title: str | None = None, alpha: float = 0.65,
+                 cmap: str = "magma", colorbar: bool = False):
+    """A token score ``(N,)`` laid out on its ``(H, W)`` grid, over the image if given."""
+    ax = _ax(ax)
+    H, W = grid
+    v = _np(values)[: H * W].reshape(H, W)
+    if image is not None:
+        img = _np(image)
+        ax.imshow(img.astype(np.uint8))
+        extent = (0, img.shape[1], img.shape[0], 0)
+        im = ax.imshow(v, cmap=cmap, alpha=alpha, extent=extent, interpolation="nearest")
+    else:
+        im = ax.imshow(v, cmap=cmap, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def kept_overlay(image, keep_mask, grid: tuple[int, int], ax=None, title: str | None = None, dim: float = 0.25):
+    """The image with dropped tokens' patches darkened: what the language model still sees."""
+    ax = _ax(ax)
+    img = _np(image).astype(np.float32)
+    H, W = grid
+    keep = _np(keep_mask)[: H * W].reshape(H, W).astype(bool)
+    ph, pw = img.shape[0] / H, img.shape[1] / W
+    ys = np.minimum((np.arange(img.shape[0]) / ph).astype(int), H - 1)
+    xs = np.minimum((np.arange(img.shape[1]) / pw).astype(int), W - 1)
+    mask = keep[ys][:, xs]
+    shown = np.where(mask[..., None], img, img * dim)
+    ax.imshow(shown.astype(np.uint8))
+    ax.set_axis_off()
+    ax.set_title(title if title is not None else f"{int(keep.sum())} of {H * W} tokens kept")
+    return ax
+
+
+def token_bars(tokens: list[str], values, kept=None, ax=None, ylabel: str = "spatial entropy (nats)",
+               title: str | None = None):
+    """One bar per text token (e.g. its spatial entropy), the tokens the filter kept in colour."""
+    import seaborn as sns
+
+    ax = _ax(ax, figsize=(max(4.0, 0.45 * len(tokens)), 3.0))
+    v = _np(values)
+    finite = np.isfinite(v)
+    kept_set = set(int(k) for k in _np(kept).ravel()) if kept is not None else set()
+    base, hi = sns.color_palette(PALETTE)[7], sns.color_palette(PALETTE)[0]
+    colours = [hi if i in kept_set else base for i in range(len(tokens))]
+    ax.bar(np.arange(len(tokens))[finite], v[finite], color=[c for c, f in zip(colours, finite) if f])
+    ax.set_xticks(np.arange(len(tokens)), tokens, rotation=60, ha="right")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def token_maps(maps, tokens: list[str], grid: tuple[int, int], image=None, columns: int = 6, size: float = 1.7,
+               highlight=None):
+    """Small multiples: one map over the grid per text token (e.g. its spatial distribution)."""
+    plt = _plt()
+    n = len(tokens)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows + 0.3), squeeze=False)
+    marked = set(int(k) for k in _np(highlight).ravel()) if highlight is not None else set()
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        grid_heatmap(_np(maps)[i], grid, image=image, ax=ax)
+        ax.set_title(("* " if i in marked else "") + tokens[i], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves(x, series: dict, ax=None, xlabel: str = "budget (tokens)", ylabel: str = "", title: str | None = None,
+           logx: bool = False):
+    """Lines ``series[name] = y`` against ``x``, one colour per method name."""
+    ax = _ax(ax, figsize=(5.0, 3.4))
+    colours = method_colours(series)
+    for name, y in series.items():
+        ax.plot(_np(x), _np(y), marker="o", ms=3.5, label=name, color=colours[name])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, full_tokens: int | None = None):
+    """Accuracy against kept tokens per method, from ``bench accuracy`` rows
+    (``{"method", "budget", "accuracy"}``); ``none`` is drawn as a horizontal line."""
+    ax = _ax(ax, figsize=(5.6, 3.6))
+    by_method: dict[str, list[tuple[int, float]]] = {}
+    for row in results:
+        by_method.setdefault(row["method"], []).append((row["budget"], row["accuracy"]))
+    colours = method_colours(by_method)
+    for name in sorted(by_method, key=lambda n: METHOD_ORDER.index(n) if n in METHOD_ORDER else 99):
+        pts = sorted(by_method[name])
+        if name == "none":
+            ax.axhline(pts[0][1], color=colours[name], ls="--", lw=1, label="none (all tokens)")
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=name, color=colours[name])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens kept per image" + (f" (of {full_tokens})" if full_tokens else ""))
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize="small", ncol=2)
+    return ax

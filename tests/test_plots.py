@@ -1,0 +1,31 @@
+"""The shared figures draw what they are given (headless)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from eadp_lab import plots  # noqa: E402
+
+
+def test_figures_draw():
+    plots.set_style()
+    image = np.zeros((12, 12, 3), dtype=np.uint8)
+    ax = plots.grid_heatmap(torch.arange(16.0), (4, 4), image=image, title="t")
+    assert len(ax.images) == 2
+    ax = plots.kept_overlay(image + 200, torch.tensor([True] * 4 + [False] * 12), (4, 4))
+    assert ax.get_title() == "4 of 16 tokens kept"
+    shown = ax.images[0].get_array()
+    assert shown[0, 0, 0] == 200 and shown[-1, -1, 0] == 50  # dropped patches are darkened
+    ax = plots.token_bars(["a", "b", "c"], torch.tensor([1.0, float("inf"), 0.5]), kept=[2])
+    assert len(ax.patches) == 2  # the masked (inf) position has no bar
+    fig = plots.token_maps(torch.rand(3, 16), ["a", "b", "c"], (4, 4), columns=2)
+    assert len(fig.axes) == 4
+    ax = plots.curves([1, 2, 3], {"eadp": [1, 2, 3], "topk": [1, 1, 1]})
+    assert len(ax.lines) == 2
+    rows = [{"method": "none", "budget": 256, "accuracy": 0.9}, {"method": "eadp", "budget": 64, "accuracy": 0.8},
+            {"method": "eadp", "budget": 14, "accuracy": 0.5}]
+    ax = plots.accuracy_vs_budget(rows, full_tokens=256)
+    assert len(ax.lines) == 2
