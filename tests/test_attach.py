@@ -196,6 +196,17 @@ def test_instruction_comes_from_each_prompt():
         assert pruner.last.items[1].instruction == T.QUESTIONS[1]
 
 
+@torch.no_grad()
+def test_instruction_before_the_image():
+    model = T.llava()
+    tok = T.tokenizer()
+    n = (T.SIZE // T.PATCH) ** 2
+    ids = torch.tensor([[T.BOS, 4] + tok(T.QUESTIONS[0], add_special_tokens=False)["input_ids"] + [T.IMG] * n + [5]])
+    with attach(model, "eadp", budget=4, tokenizer=tok) as pruner:
+        model(input_ids=ids, pixel_values=torch.randn(1, 3, T.SIZE, T.SIZE))
+    assert pruner.last.items[0].instruction == T.QUESTIONS[0]
+
+
 @pytest.mark.parametrize("family", ["llava", "llava_next", "llava_next_video"])
 @torch.no_grad()
 def test_clip_scoring(family):

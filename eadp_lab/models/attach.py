@@ -32,7 +32,7 @@ from ..methods import METHODS, PruneInputs, PruneResult, prune
 from .layouts import ItemLayout, family_of, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
-__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL"]
+__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL", "TEMPLATE_HEAD"]
 
 # Paper-faithful defaults (content tokens only) per family and modality.
 DEFAULT_PRESETS = {
@@ -48,6 +48,8 @@ DEFAULT_PRESETS = {
 
 # Chat-template text after the instruction, stripped from the prompt before scoring.
 TEMPLATE_TAIL = re.compile(r"\s*(ASSISTANT:|\[/INST\]|(<\|im_start\|>)?\s*assistant)\s*$", re.IGNORECASE)
+# Chat-template text before the instruction, stripped when the question precedes the image.
+TEMPLATE_HEAD = re.compile(r"^\s*(USER:|\[INST\]|(<\|im_start\|>)?\s*user\b)\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -237,19 +239,28 @@ class Pruner:
         return [t.reshape(-1, t.shape[-1]) for t in pooler_output]
 
     def _instruction(self, ids: torch.Tensor, mask: torch.Tensor, sample: int):
-        """The instruction of one sample: ``(text or None, ids)``, from the prompt after its last
-        visual token, or from :attr:`instructions`."""
+        """The instruction of one sample: ``(text or None, ids)``, from :attr:`instructions`, or
+        from the prompt: the text after its last visual token (template tail removed), or,
+        when nothing is left there (a question asked before the image), the text before its
+        first visual token (role prefix removed)."""
         if self.instructions is not None:
             return self.instructions[sample], None
         config = self.model.config
-        visual = [getattr(config, k, None) for k in ("image_token_id", "video_token_id", "vision_end_token_id")]
+        visual = [getattr(config, k, None) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                     "vision_end_token_id")]
         row = ids[mask.bool()]
-        where = torch.isin(row, torch.tensor([v for v in visual if v is not None], device=row.device))
-        after = row[int(where.nonzero().max()) + 1:] if bool(where.any()) else row
+        where = torch.isin(row, torch.tensor([v for v in visual if v is not None], device=row.device)).nonzero()
+        if len(where) == 0:
+            before, after = row[:0], row
+        else:
+            before, after = row[: int(where.min())], row[int(where.max()) + 1:]
         if self.tokenizer is None:
-            return None, after
-        text = self.tokenizer.decode(after.tolist(), skip_special_tokens=True)
-        return TEMPLATE_TAIL.sub("", text).strip(), after
+            return None, after if len(after) else before
+        text = TEMPLATE_TAIL.sub("", self.tokenizer.decode(after.tolist(), skip_special_tokens=True)).strip()
+        if text:
+            return text, after
+        text = self.tokenizer.decode(before.tolist(), skip_special_tokens=True)
+        return TEMPLATE_HEAD.sub("", TEMPLATE_TAIL.sub("", text)).strip(), before
 
     def _budget(self, layout: ItemLayout) -> int:
         if isinstance(self.budget, float):
