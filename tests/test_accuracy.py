@@ -1,0 +1,111 @@
+"""The accuracy bench: method names, settings, and the command end to end on the shipped lab models."""
+
+import json
+
+import numpy as np
+import pytest
+
+from eadp_lab.bench import accuracy as A
+from eadp_lab.config import EADPConfig
+
+
+
+def needs_models(test):
+    """The lab models ship in data/models: a missing folder fails the tests that use them."""
+    return test
+
+
+def test_ablations_map_to_eadp_overrides():
+    base = A.method_settings("eadp")[1]
+    assert isinstance(base, EADPConfig) and base.text_positions == "content"
+    method, s = A.method_settings("eadp-global")
+    assert method == "eadp" and s == base.replace(alpha=1.0)
+    method, s = A.method_settings("eadp-noentropy")
+    assert method == "eadp" and s == base.replace(entropy_keep_ratio=1.0, aggregation="mean")
+    method, s = A.method_settings("eadp-topk")
+    assert method == "eadp" and s == base.replace(selection="topk")
+
+
+def test_random_draws_a_seed_per_batch_and_sign_override():
+    seeds = {A.method_settings("random", batch_index=b, seed=3)[1].seed for b in range(5)}
+    assert len(seeds) == 5
+    assert A.method_settings("topk", sign=1.0)[1].similarity_sign == 1.0
+    assert A.method_settings("eadp-global", sign=1.0)[1] == A.method_settings("eadp-global")[1].replace(
+        similarity_sign=1.0)
+
+
+def test_every_registry_method_and_ablation_is_known():
+    from eadp_lab import METHODS
+
+    assert set(METHODS) | set(A.ABLATIONS) == set(A.DEFAULT_METHODS)
+    with pytest.raises(ValueError, match="method"):
+        A.method_settings("fastv")
+
+
+def test_first_word():
+    assert A.first_word("Yes, there is.") == "yes"
+    assert A.first_word(" two </s>") == "two"
+    assert A.first_word("") == ""
+
+
+def test_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        A.main(["--methods", "fastv"])
+    with pytest.raises(SystemExit):
+        A.main(["--budgets", "0,14"])
+    with pytest.raises(SystemExit):
+        A.main(["--question-file", "x.jsonl"])
+    assert "fastv" in capsys.readouterr().err
+
+
+@needs_models
+def test_command_end_to_end(tmp_path):
+    from eadp_lab.bench import main as bench_main
+
+    out = tmp_path / "acc.json"
+    code = bench_main(["accuracy", "--seed", "5", "--questions", "6", "--budgets", "14",
+                       "--methods", "none,eadp,eadp-topk,random", "--batch", "3", "--json", str(out)])
+    assert code == 0 and out.exists() and not (tmp_path / "acc.json.tmp").exists()
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["method"], r["budget"]) for r in rows] == [("none", 256), ("eadp", 14), ("eadp-topk", 14), ("random", 14)]
+    for r in rows:
+        assert r["questions"] == 6 and 0.0 <= r["accuracy"] <= 1.0
+        assert sum(t["questions"] for t in r["per_type"].values()) == 6
+    assert rows[0]["kept_tokens_mean"] == 256 and rows[1]["kept_tokens_mean"] == 14
+    assert rows[1]["settings"]["text_positions"] == "content"
+    assert "bench accuracy" in report["command"]
+
+
+@needs_models
+def test_question_file_in_llava_eval_format(tmp_path):
+    from PIL import Image
+
+    from eadp_lab.world import sample
+
+    records = sample("heldout", 3, seed=11, grid=None)
+    lines = []
+    for r in records:
+        Image.fromarray(r.image).save(tmp_path / f"{r.index}.png")
+        lines.append({"question_id": r.index, "image": f"{r.index}.png", "text": r.question.text,
+                      "answer": r.answer, "category": r.qtype})
+    lines[-1].pop("answer")  # answers are optional
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out, answers = tmp_path / "acc.json", tmp_path / "answers.jsonl"
+    A.main(["--question-file", str(tmp_path / "q.jsonl"), "--image-folder", str(tmp_path), "--methods", "none,pool",
+            "--budgets", "28", "--json", str(out), "--answers-file", str(answers)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in rows] == ["none", "pool"]
+    assert all(sum(t["questions"] for t in r["per_type"].values()) == 2 for r in rows)  # scored: with an answer
+    written = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert len(written) == 6 and {w["metadata"]["method"] for w in written} == {"none", "pool"}
+
+
+@needs_models
+def test_lab_questions_match_the_world():
+    from eadp_lab.world import sample
+
+    qs = A.lab_questions(4, seed=9)
+    rs = sample("heldout", 4, seed=9, grid=None)
+    assert [q.text for q in qs] == [r.question.text for r in rs]
+    assert all(np.array_equal(q.image, r.image) for q, r in zip(qs, rs))

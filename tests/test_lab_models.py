@@ -1,0 +1,231 @@
+"""The lab models: tokenizers, losses, the shipped folders (offline loading, identical vision towers,
+the training path equal to the generate path), and tiny training runs."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eadp_lab.world import sample, vocabulary
+from eadp_lab.world.lab_models import (ClipSize, LlavaSize, build_clip, build_llava, dense_text, image_processor,
+                                       llava_processor, pixel_values, prompt, scoring_patches, vision_states,
+                                       word_mask)
+from eadp_lab.world.losses import contrastive_loss, filip_logits, filip_loss
+from eadp_lab.world.tokenizer import BOS, EOS, IMAGE, PAD, clip_tokenizer, llava_tokenizer, vocab_table
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIP_DIR = ROOT / "data" / "models" / "lab-clip"
+LLAVA_DIR = ROOT / "data" / "models" / "lab-llava"
+
+def needs_models(test):
+    """The shipped folders are part of the repository: a missing one fails, it does not skip."""
+    return test
+TINY_CLIP = ClipSize(vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
+                     projection_dim=16)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def test_vocabulary_covers_the_world_and_specials_come_first():
+    table = vocab_table()
+    assert [table[t] for t in ("<pad>", "<unk>", "<image>", "<s>", "</s>")] == [PAD, 1, IMAGE, BOS, EOS]
+    assert EOS != 2  # transformers' CLIP text tower pools by argmax(ids) when eos_token_id == 2
+    assert set(vocabulary()) <= set(table) and len(set(table.values())) == len(table)
+
+
+def test_tokenizers_split_words_and_pad_as_their_models_need():
+    clip, llava = clip_tokenizer(), llava_tokenizer()
+    text = "what colour is the tiny star ?"
+    ids = clip(text)["input_ids"]
+    assert ids[0] == BOS and ids[-1] == EOS and len(ids) == len(text.split()) + 2
+    assert llava(prompt(text))["input_ids"][:3] == [BOS, vocab_table()["USER:"], IMAGE]
+    assert clip.padding_side == "right" and llava.padding_side == "left"
+    batch = llava(["a", "a red star"], padding=True)["input_ids"]
+    assert batch[0][0] == PAD and batch[1][0] == BOS
+    assert llava.decode(llava(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_processor_matches_the_numpy_pixels_and_counts_256_image_tokens():
+    records = sample("val", 2, seed=0, grid=None)
+    images = np.stack([r.image for r in records])
+    ours = pixel_values(images)
+    theirs = image_processor()(list(images), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    enc = llava_processor()(images=list(images), text=[prompt(r.question.text) for r in records], padding=True,
+                            return_tensors="pt")
+    assert ((enc["input_ids"] == IMAGE).sum(1) == 256).all()
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_filip_logits_equal_the_definition():
+    g = torch.Generator().manual_seed(0)
+    V, T = torch.randn(3, 5, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    mask = torch.tensor([[0, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0]]).bool()
+    t2i, i2t = filip_logits(V, T, mask)
+    v, t = torch.nn.functional.normalize(V, dim=-1), torch.nn.functional.normalize(T, dim=-1)
+    for i in range(2):
+        for j in range(3):
+            sim = t[i][mask[i]] @ v[j].T  # (words, patches)
+            assert torch.isclose(t2i[i, j], sim.amax(1).mean(), atol=1e-6)
+            assert torch.isclose(i2t[j, i], sim.amax(0).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="at least one word"):
+        filip_logits(V, T, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="pairs text i with image i"):
+        filip_loss(V, T, mask, torch.tensor(10.0))
+
+
+def test_contrastive_loss_prefers_matching_pairs():
+    x = torch.eye(4)
+    assert contrastive_loss(x, x, torch.tensor(20.0)) < contrastive_loss(x, x.roll(1, 0), torch.tensor(20.0))
+    with pytest.raises(ValueError, match="must both be"):
+        contrastive_loss(x, x[:3], torch.tensor(1.0))
+
+
+# ---------------------------------------------------------------- models built here
+
+
+def test_lab_llava_takes_the_clip_vision_tower_and_the_scoring_pathway_is_clip_scorers():
+    from eadp_lab.models.scorers import CLIPScorer
+
+    clip = build_clip(TINY_CLIP, seed=1).eval()
+    llava = build_llava(clip, LlavaSize(lm_width=32, lm_layers=1, lm_heads=2, lm_kv_heads=2, lm_mlp=64)).eval()
+    cfg = llava.config
+    assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "default"
+    assert cfg.image_token_id == IMAGE and cfg.text_config.eos_token_id == EOS
+    assert not any(p.requires_grad for p in llava.model.vision_tower.parameters())
+    for (name, a), (_, b) in zip(clip.vision_model.state_dict().items(), llava.model.vision_tower.state_dict().items()):
+        assert torch.equal(a, b), name
+    images = np.stack([r.image for r in sample("val", 2, seed=1, grid=None)])
+    with torch.no_grad():
+        patches, _ = vision_states(clip.vision_model, pixel_values(images))
+        scorer = CLIPScorer(clip, clip_tokenizer())
+        assert torch.allclose(scoring_patches(clip, patches), scorer.image_embeds(patches), atol=1e-6)
+        text = "what colour is the star ?"
+        enc = clip_tokenizer()([text], return_tensors="pt")
+        dense, pooled = dense_text(clip, enc["input_ids"], enc["attention_mask"])
+        emb = scorer.text(text)
+        words = word_mask(enc["input_ids"], enc["attention_mask"])
+        assert torch.equal(words, emb.mask[:, 0]) and int(words.sum()) == len(text.split())
+        assert torch.allclose(dense, emb.dense[:, 0], atol=1e-6) and torch.allclose(pooled, emb.global_[:, 0], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_tiny_training_runs_end_to_end(tmp_path):
+    from eadp_lab.world.clip_training import ClipTraining, train_clip
+    from eadp_lab.world.llava_training import LlavaTraining, train_llava
+    from eadp_lab.world.train import save_clip
+
+    clip, tok, history = train_clip(ClipTraining(steps=2, batch=8, images=16, size=TINY_CLIP), progress=False)
+    assert history["log"][-1]["step"] == 1 and all(np.isfinite(e["loss"]) for e in history["log"])
+    save_clip(clip, tok, tmp_path / "clip")
+    model, history = train_llava(LlavaTraining(steps=2, batch=4, turns=2, images=8, val_questions=8, val_every=2,
+                                               size=LlavaSize(lm_width=32, lm_layers=1, lm_heads=2, lm_kv_heads=2,
+                                                              lm_mlp=64)),
+                                 tmp_path / "clip", progress=False)
+    assert history["val"][-1]["step"] == 2 and 0.0 <= history["val"][-1]["accuracy"] <= 1.0
+
+
+def test_patch_attributes_name_the_object_on_each_patch():
+    from eadp_lab.world.clip_training import AttributeHead, patch_attributes
+    from eadp_lab.world.grounding import patch_masks
+    from eadp_lab.world.words import COLOURS, SHAPES, SIZES
+
+    for r in sample("train", 6, seed=5):
+        K = len(r.scene.objects)
+        masks = patch_masks(r.coverage).reshape(K, -1)
+        got = patch_attributes(r.scene, masks, r.coverage.reshape(K, -1))
+        assert got.shape == (masks.shape[1], 3)
+        assert np.array_equal(got[:, 0] > 0, masks.any(0))  # background exactly where no object is
+        for n in np.flatnonzero(masks.any(0)):
+            owners = [k for k in range(K) if masks[k, n]]
+            best = max(owners, key=lambda k: r.coverage.reshape(K, -1)[k, n])
+            o = r.scene.objects[best]
+            assert tuple(got[n]) == (COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1)
+    head = AttributeHead(8)
+    targets = torch.as_tensor(got)[None]
+    loss, acc = head.loss(torch.randn(1, len(got), 8), targets)
+    assert loss.ndim == 0 and torch.isfinite(loss) and acc.shape == (3,)
+
+
+# ---------------------------------------------------------------- the shipped models
+
+
+@needs_models
+def test_shipped_models_load_offline_with_from_pretrained_and_autoprocessor(monkeypatch):
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel, LlavaForConditionalGeneration
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = CLIPModel.from_pretrained(CLIP_DIR, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(CLIP_DIR)
+    llava = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(LLAVA_DIR)
+    assert type(processor).__name__ == "LlavaProcessor" and processor.tokenizer.padding_side == "left"
+    assert tok("a red star")["input_ids"][-1] == EOS == clip.config.text_config.eos_token_id
+    assert llava.config.vision_feature_layer == -2 and llava.config.vision_feature_select_strategy == "default"
+    for (name, a), (_, b) in zip(clip.vision_model.state_dict().items(), llava.model.vision_tower.state_dict().items()):
+        assert torch.equal(a, b), name  # the LLaVA's tower is the CLIP's, bit for bit
+    for folder in (CLIP_DIR, LLAVA_DIR):
+        card = (folder / "README.md").read_text()
+        assert "## Training" in card and "## Measured figures" in card
+        report = json.loads((folder / "training.json").read_text())
+        assert {"settings", "history", "figures"} <= set(report)
+    assert "FILIP" in (CLIP_DIR / "README.md").read_text()
+
+
+@needs_models
+def test_shipped_models_fit_the_size_budget():
+    total = sum(f.stat().st_size for f in (ROOT / "data" / "models").rglob("*") if f.is_file())
+    assert total <= 25 * 2**20, f"data/models holds {total / 2**20:.1f} MB"
+
+
+@needs_models
+@torch.no_grad()
+def test_training_path_equals_the_generate_path_and_answers_are_words():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from eadp_lab.world.llava_training import answer_logits, cache_features, make_batch
+
+    llava = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(LLAVA_DIR)
+    records = sample("heldout", 4, seed=3, grid=None)
+    enc = processor(images=[r.image for r in records], text=[prompt(r.question.text) for r in records],
+                    padding=True, return_tensors="pt")
+    full = llava(**enc).logits[:, -1]  # (B, V) next token after ASSISTANT:
+    feats = cache_features(llava.model.vision_tower, np.stack([r.image for r in records]), progress=False)
+    batch = make_batch([[(r.question.text, r.answer, r.qtype)] for r in records], list(range(4)), 256, pad_side="left")
+    keep = batch.first
+    batch.rows, batch.cols = batch.rows[keep], batch.cols[keep]
+    assert torch.equal(batch.ids, enc["input_ids"])
+    fast = answer_logits(llava, feats[batch.images].float(), batch)
+    assert torch.allclose(fast, full, atol=2e-2), (fast - full).abs().max()
+    assert torch.equal(fast.argmax(-1), full.argmax(-1))
+    out = llava.generate(**enc, max_new_tokens=2, do_sample=False)
+    words = processor.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert all(w.split() and w.split()[0] in vocabulary() for w in words)
+
+
+@needs_models
+@torch.no_grad()
+def test_attach_clip_scoring_accepts_the_lab_pair():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from eadp_lab import attach
+    from eadp_lab.models.scorers import load_clip
+
+    llava = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(LLAVA_DIR)
+    clip, tok = load_clip(CLIP_DIR, dtype=torch.float32)
+    r = sample("heldout", 1, seed=4, grid=None)[0]
+    enc = processor(images=[r.image], text=[prompt(r.question.text)], return_tensors="pt")
+    with attach(llava, "eadp", budget=28, scoring="clip", clip=clip, clip_tokenizer=tok,
+                tokenizer=processor.tokenizer) as pruner:
+        llava.generate(**enc, max_new_tokens=2, do_sample=False)
+    item = pruner.last.items[0]
+    assert item.instruction == r.question.text and item.tokens_after == 28
+    assert item.text_tokens[1:-1] == r.question.text.split()
