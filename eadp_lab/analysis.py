@@ -79,3 +79,406 @@ def object_recall(keep_mask: torch.Tensor, object_masks: torch.Tensor) -> torch.
 def objects_reached(keep_mask: torch.Tensor, object_masks: torch.Tensor) -> torch.Tensor:
     """``(K,)`` bool: whether at least one patch of each object was kept."""
     return (object_masks.bool() & keep_mask.bool()[None]).any(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Submodular selection (notebooks/03_submodular_selection): the guarantee, certificates and
+# coverage curves; per-row budgets (notebooks/05_video_and_multicrop).
+# ---------------------------------------------------------------------------------------------
+
+__all__ += [
+    "greedy_guarantee",
+    "random_facility_instances",
+    "brute_force_optima",
+    "approximation_ratios",
+    "online_bound",
+    "coverage_fraction",
+    "method_picks",
+    "coverage_curves",
+    "importance_share",
+    "kept_clusters",
+    "stack_rows",
+    "row_object_masks",
+    "row_object_recall",
+    "row_objects_reached",
+    "moving_objects",
+    "asked_objects",
+    "allocation_study",
+]
+
+
+def greedy_guarantee(budget: int) -> float:
+    """Nemhauser, Wolsey and Fisher's bound for ``T`` greedy picks: ``1 - (1 - 1/T) ** T``.
+
+    It falls towards ``1 - 1/e`` (about 0.632) as ``T`` grows; one pick is optimal.
+    """
+    T = check_budget(budget)
+    return 1.0 - (1.0 - 1.0 / T) ** T
+
+
+def random_facility_instances(
+    count: int, num_tokens: int, kind: str = "features", dim: int = 4, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random small facility-location instances ``(r (B, N), K (B, N, N))`` for brute-force checks.
+
+    Kinds:
+
+    - ``features``: EADP's own similarity ``(cos + 1) / 2`` of ``dim``-wide Gaussian features
+      around a few cluster centres, with uniform importance (the shape of real instances).
+    - ``uniform``: every ``K[i, j]`` (``i != j``) uniform in ``[0, 1]``, ``K[i, i] = 1``, uniform
+      importance. Not a cosine similarity, still a valid (monotone submodular) instance.
+    - ``sparse``: like ``uniform`` but most entries 0 and importance heavy-tailed, the kind of
+      instance on which greedy can be fooled by a locally attractive first pick.
+    """
+    from .select import coverage_similarity
+
+    if kind not in ("features", "uniform", "sparse"):
+        raise ValueError(f"kind must be features, uniform or sparse, got {kind!r}")
+    g = torch.Generator().manual_seed(seed)
+    B, N = count, num_tokens
+    if kind == "features":
+        centres = torch.randn(B, 3, dim, generator=g) * 1.5
+        assign = torch.randint(0, 3, (B, N), generator=g)
+        f = torch.gather(centres, 1, assign[..., None].expand(B, N, dim)) + torch.randn(B, N, dim, generator=g)
+        return torch.rand(B, N, generator=g), coverage_similarity(f)
+    K = torch.rand(B, N, N, generator=g)
+    r = torch.rand(B, N, generator=g)
+    if kind == "sparse":
+        K = K * (torch.rand(B, N, N, generator=g) < 0.25)
+        r = r**4
+    K = torch.where(torch.eye(N, dtype=torch.bool), torch.ones(()), K)
+    return r, K
+
+
+def brute_force_optima(importance: torch.Tensor, similarity: torch.Tensor, budget: int,
+                       chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`brute_force_optimum` for a batch of small instances, vectorised over subsets.
+
+    Args:
+        importance: ``(B, N)``; similarity: ``(B, N, N)``; ``N <= 24``.
+    Returns:
+        ``values (B,)`` float64 and ``subsets (B, T)`` long (the first best subset in
+        lexicographic order, as :func:`brute_force_optimum`).
+    """
+    budget = check_budget(budget)
+    check_ndim("importance", importance, 2, "(B, N)")
+    B, N = importance.shape
+    if N > 24:
+        raise ValueError(f"brute force over N = {N} tokens is too large (at most 24)")
+    T = min(budget, N)
+    combos = torch.tensor(list(itertools.combinations(range(N), T)), dtype=torch.long)  # (C, T)
+    r, K = importance.double(), similarity.double()
+    best = torch.full((B,), -1.0, dtype=torch.float64)
+    arg = torch.zeros(B, dtype=torch.long)
+    for start in range(0, combos.shape[0], chunk):
+        part = combos[start : start + chunk]  # (c, T)
+        rows = K[:, part]  # (B, c, T, N)
+        values = (rows.max(2).values * r[:, None, :]).sum(-1)  # (B, c)
+        v, i = values.max(1)
+        better = v > best
+        best = torch.where(better, v, best)
+        arg = torch.where(better, i + start, arg)
+    return best, combos[arg]
+
+
+def approximation_ratios(importance: torch.Tensor, similarity: torch.Tensor, budget: int) -> dict:
+    """Greedy facility location against the brute-force optimum on a batch of small instances.
+
+    Returns:
+        ``{"greedy", "optimum", "ratio"}``: ``(B,)`` float64 tensors, and ``"bound"``: the
+        guarantee :func:`greedy_guarantee` for this budget.
+    """
+    from .select import coverage, facility_location
+
+    picks = facility_location(importance, budget, similarity=similarity)
+    greedy = coverage(importance, similarity, picks)
+    optimum, _ = brute_force_optima(importance, similarity, budget)
+    return {"greedy": greedy, "optimum": optimum, "ratio": greedy / optimum.clamp(min=1e-300),
+            "bound": greedy_guarantee(budget)}
+
+
+def online_bound(importance: torch.Tensor, similarity: torch.Tensor, picks: torch.Tensor,
+                 budget: int | None = None) -> torch.Tensor:
+    """An upper bound on the optimum of ``budget`` tokens, from any selection ``A`` (``picks``).
+
+    For a monotone submodular ``f``, ``OPT <= f(A) + sum of the budget largest gains
+    f(A + c) - f(A)`` (Minoux, 1978; the "online bound" of Leskovec et al., KDD 2007). It
+    needs no enumeration, so it certifies a greedy selection on full-size images:
+    ``f(greedy) / online_bound`` is a lower bound on greedy's true ratio there.
+
+    Args:
+        importance: ``(B, N)``; similarity: ``(B, N, N)``; picks: ``(B, T)`` (``-1`` unused).
+        budget: size of the optimum to bound (default ``T``).
+    Returns:
+        ``(B,)`` float64.
+    """
+    from .select import coverage
+
+    check_ndim("picks", picks, 2, "(B, T)")
+    T = picks.shape[1] if budget is None else check_budget(budget)
+    B, N = importance.shape
+    r, K = importance.double(), similarity.double()
+    valid = picks >= 0
+    rows_k = torch.gather(K, 1, picks.clamp(min=0)[..., None].expand(B, picks.shape[1], N))
+    cur = rows_k.masked_fill(~valid[..., None], 0.0).max(1).values  # (B, N)
+    gains = (torch.clamp(K - cur[:, None, :], min=0) * r[:, None, :]).sum(-1)  # (B, N)
+    top = torch.topk(gains, min(T, N), dim=-1).values.sum(-1)
+    return coverage(importance, similarity, picks) + top
+
+
+def coverage_fraction(importance: torch.Tensor, similarity: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """:func:`prefix_objective` divided by the objective of keeping every token, ``f(V) = sum r``
+    (``K[j, j] = 1``): the share of the importance-weighted image a budget covers, in ``[0, 1]``.
+
+    Returns:
+        ``(B, T)`` float64.
+    """
+    full = importance.double().sum(-1, keepdim=True).clamp(min=1e-12)
+    return prefix_objective(importance, similarity, picks) / full
+
+
+def method_picks(inputs, methods, budget: int, settings: dict | None = None) -> dict:
+    """Run several registry methods on the same inputs; ``{label: PruneResult}``.
+
+    Args:
+        methods: registry names, or ``{label: (registry name, settings or None)}`` to run one
+            method under several settings (e.g. EADP's importance with ``selection="topk"``).
+        settings: for a list of names, ``{name: settings}`` (others use their defaults).
+
+    Picks come in pick order, so one run at the largest budget gives every smaller budget
+    of a nested method (greedy, Top-K, DPP MAP, max-min; not ``pool``).
+    """
+    from .methods import prune
+
+    settings = settings or {}
+    if not isinstance(methods, dict):
+        methods = {name: (name, settings.get(name)) for name in methods}
+    return {label: prune(name, inputs, budget, config) for label, (name, config) in methods.items()}
+
+
+def coverage_curves(inputs, methods, budget: int, config=None, settings: dict | None = None) -> dict:
+    """Coverage curves of several methods under EADP's objective.
+
+    The objective is ``f(A) = sum_j r_j max_{a in A} K[a, j]`` with ``r`` EADP's final
+    importance for ``config`` and ``K`` the coverage similarity of ``inputs.features``; every
+    method's pick order is scored with it (``eadp`` maximises it greedily by construction).
+
+    Args:
+        inputs: a :class:`~eadp_lab.methods.PruneInputs` of one-row images.
+        methods: registry names with nested picks (not ``pool``), or
+            ``{label: (registry name, settings or None)}`` (see :func:`method_picks`).
+        budget: largest budget ``T``.
+        config: :class:`~eadp_lab.config.EADPConfig` of the importance, and of ``eadp`` and
+            ``topk_dense`` when ``methods`` is a list.
+    Returns:
+        ``{"importance": (R, N), label: (R, T) float64 coverage fractions, ...}``.
+    """
+    from .config import EADPConfig
+    from .methods import score
+    from .select import coverage_similarity
+
+    config = config or EADPConfig()
+    settings = dict(settings or {})
+    settings.setdefault("eadp", config)
+    settings.setdefault("topk_dense", config)
+    importance = torch.cat([score(image, config)[0] for image in inputs.images()])
+    K = coverage_similarity(inputs.features)
+    out = {"importance": importance}
+    for name, result in method_picks(inputs, methods, budget, settings).items():
+        if result.merged is not None:
+            raise ValueError(f"method {name!r} merges tokens; its picks are not nested")
+        out[name] = coverage_fraction(importance, K, result.picks)
+    return out
+
+
+def importance_share(importance: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """``(R,)``: share of each row's importance that sits on kept tokens (Top-K maximises it)."""
+    r = importance.double()
+    return (r * keep_mask.double()).sum(-1) / r.sum(-1).clamp(min=1e-12)
+
+
+def kept_clusters(keep_mask: torch.Tensor, grid: tuple[int, int]) -> int:
+    """Number of 4-connected groups the kept tokens of one row form on its ``(H, W)`` grid.
+
+    One blob (Top-K on a smooth map) gives few; coverage-seeking selections give many.
+    """
+    H, W = grid
+    keep = keep_mask.bool().flatten()[: H * W].reshape(H, W).tolist()
+    seen = [[False] * W for _ in range(H)]
+    groups = 0
+    for y in range(H):
+        for x in range(W):
+            if not keep[y][x] or seen[y][x]:
+                continue
+            groups += 1
+            stack = [(y, x)]
+            seen[y][x] = True
+            while stack:
+                cy, cx = stack.pop()
+                for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                    if 0 <= ny < H and 0 <= nx < W and keep[ny][nx] and not seen[ny][nx]:
+                        seen[ny][nx] = True
+                        stack.append((ny, nx))
+    return groups
+
+
+def stack_rows(parts: list, rows_per_image: tuple[int, ...] | None = None):
+    """Several one-row :class:`~eadp_lab.methods.PruneInputs` (frames or crops of one image,
+    asked the same question) as one input with one row per part.
+
+    The text of the first part of each image is used. Rows with different token counts are
+    padded and their grids become a per-row list (ragged rows).
+
+    Args:
+        parts: one-row inputs, in row order.
+        rows_per_image: rows of each image (default: all parts form one image).
+    """
+    from .methods import PruneInputs
+
+    if not parts or any(p.num_rows != 1 for p in parts):
+        raise ValueError("stack_rows takes a non-empty list of one-row PruneInputs")
+    rows_per_image = tuple(rows_per_image or (len(parts),))
+    if sum(rows_per_image) != len(parts):
+        raise ValueError(f"rows_per_image {rows_per_image} does not add up to the {len(parts)} parts")
+    N = max(p.num_tokens for p in parts)
+    grids = [p.row_grids(strict=True)[0] for p in parts]
+    ragged = len(set(grids)) > 1 or any(h * w != N for h, w in grids)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, 0, 0, N - x.shape[1]))
+
+    firsts = [sum(rows_per_image[:i]) for i in range(len(rows_per_image))]
+    text = [parts[i] for i in firsts]
+
+    def cat_text(name):
+        values = [getattr(p, name) for p in text]
+        if values[0] is None:
+            return None
+        if name == "text_embeds":
+            return torch.cat(values)
+        L = max(v.shape[2] for v in values)
+        if name == "text_mask":
+            values = [v if v.shape[2] == L else torch.nn.functional.pad(v, (0, L - v.shape[2])) for v in values]
+        else:
+            values = [torch.nn.functional.pad(v, (0, 0, 0, L - v.shape[2])) for v in values]
+        return torch.cat(values)
+
+    seq = cat_text("text_embeds_seq")
+    mask = cat_text("text_mask")
+    if seq is not None and mask is None and len({p.text_embeds_seq.shape[2] for p in text}) > 1:
+        mask = torch.cat([torch.nn.functional.pad(torch.ones(p.text_embeds_seq.shape[:3], dtype=torch.bool),
+                                                  (0, seq.shape[2] - p.text_embeds_seq.shape[2])) for p in text])
+    return PruneInputs(
+        features=torch.cat([pad(p.features) for p in parts]),
+        image_embeds=None if parts[0].image_embeds is None else torch.cat([pad(p.image_embeds) for p in parts]),
+        text_embeds=cat_text("text_embeds"),
+        text_embeds_seq=seq,
+        text_mask=mask,
+        grid=grids if ragged else grids[0],
+        rows_per_image=rows_per_image,
+    )
+
+
+def row_object_masks(coverage, threshold: float = 0.25) -> torch.Tensor:
+    """Patch masks of every object in every row (frame or crop): ``(R, K, gh * gw)`` bool.
+
+    Args:
+        coverage: ``(R, K, gh, gw)`` from the lab world (``ClipRecord.coverage``,
+            ``MultiCropRecord.crop_coverage``; a single image's ``(K, gh, gw)`` gives ``R = 1``).
+        threshold: see :func:`eadp_lab.world.patch_masks`; an object absent from a row has an
+            empty mask there.
+    """
+    import numpy as np
+
+    from .world import patch_masks
+
+    cov = np.asarray(coverage)
+    if cov.ndim == 3:
+        cov = cov[None]
+    R, K = cov.shape[:2]
+    masks = np.stack([patch_masks(cov[r], threshold) for r in range(R)]) if K else np.zeros(cov.shape, bool)
+    return torch.from_numpy(masks.reshape(R, K, -1))
+
+
+def row_object_recall(keep_mask: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of each object's patches kept, counted over every row it appears in.
+
+    Args:
+        keep_mask: ``(R, N)`` bool; masks: ``(R, K, n)`` bool with ``n <= N`` (the row's grid;
+            padding columns of ragged rows are never objects).
+    Returns:
+        ``(K,)`` float (0 for an object in no row).
+    """
+    n = masks.shape[-1]
+    m = masks.bool()
+    kept = (m & keep_mask.bool()[:, None, :n]).sum((0, 2)).float()
+    return kept / m.sum((0, 2)).clamp(min=1).float()
+
+
+def row_objects_reached(keep_mask: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` bool: at least one patch of the object kept in some row."""
+    n = masks.shape[-1]
+    return (masks.bool() & keep_mask.bool()[:, None, :n]).any(-1).any(0)
+
+
+def moving_objects(clip) -> tuple[int, ...]:
+    """Objects of a lab-world clip that move (any direction but ``still``)."""
+    from .world import direction
+
+    return tuple(k for k in range(len(clip.start.objects)) if direction(clip, k) != "still")
+
+
+def asked_objects(record) -> tuple[int, ...]:
+    """The objects a lab-world question is about: those its colour, shape and size words name,
+    its target, and for a clip's count question the objects with the motion it counts.
+
+    Works on :class:`~eadp_lab.world.Record`, ``ClipRecord`` and ``MultiCropRecord``. An
+    existence question with the answer "no" names no object (empty tuple).
+    """
+    from .world import direction
+
+    q = record.question
+    found = {k for ref in q.refs for k in ref}
+    if isinstance(q.meta.get("target"), int):
+        found.add(q.meta["target"])
+    clip = getattr(record, "clip", None)
+    motion = q.meta.get("motion")
+    if clip is not None and motion is not None:
+        dirs = [direction(clip, k) for k in range(len(clip.start.objects))]
+        found |= {k for k, d in enumerate(dirs) if (d != "still" if motion == "moving" else d == motion)}
+    return tuple(sorted(found))
+
+
+def allocation_study(inputs, masks: torch.Tensor, objects, budget: int, configs: dict) -> list[dict]:
+    """The same image's rows (crops or frames) pruned under several EADP settings, typically
+    differing only in ``allocation``; what each row gets and what survives of the objects.
+
+    Args:
+        inputs: one image's :class:`~eadp_lab.methods.PruneInputs` (its rows).
+        masks: ``(R, K, n)`` bool from :func:`row_object_masks`.
+        objects: indices of the objects to follow (e.g. :func:`asked_objects`).
+        budget: tokens per row before allocation (the image's total is ``R * budget``).
+        configs: ``{label: EADPConfig}``.
+    Returns:
+        One dict per label: ``label``, ``quotas`` (list per row), ``kept`` (total),
+        ``recall`` (mean share of the followed objects' patches kept, ``nan`` if none),
+        ``reached`` (share of followed objects with a kept patch), ``result``.
+    """
+    from .methods import prune
+
+    objects = list(objects)
+    rows = []
+    for label, config in configs.items():
+        result = prune("eadp", inputs, budget, config)
+        rec = row_object_recall(result.keep_mask, masks)
+        hit = row_objects_reached(result.keep_mask, masks)
+        present = [k for k in objects if bool(masks[:, k].any())]
+        rows.append({
+            "label": label,
+            "quotas": result.quotas.tolist(),
+            "kept": result.num_kept,
+            "recall": float(rec[present].mean()) if present else float("nan"),
+            "reached": float(hit[present].float().mean()) if present else float("nan"),
+            "result": result,
+        })
+    return rows

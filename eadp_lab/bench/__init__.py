@@ -2,6 +2,7 @@
 
 - ``select``: facility location, the fast greedy against the published loop (:mod:`.select`);
 - ``efficiency``: time, memory, KV cache and FLOPs of every method in a real model (:mod:`.efficiency`);
+- ``accuracy``: accuracy against budget of every method through ``attach`` (:mod:`.accuracy`);
 - ``flops``: the analytic prefill FLOPs and KV-cache table of the shipped 7B configs (:func:`eadp_lab.flops.main`).
 """
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "select": "eadp_lab.bench.select",
     "efficiency": "eadp_lab.bench.efficiency",
     "flops": "eadp_lab.flops",
+    "accuracy": "eadp_lab.bench.accuracy",
 }
 
 
