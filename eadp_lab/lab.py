@@ -321,24 +321,20 @@ class Lab:
     # ------------------------------------------------------------------ selection only
     def _scorer_for(self):
         from .models import CLIPScorer, LLMScorer
+        from .models.attach import special_token_ids
 
         if self._scorer is None:
             if self.scoring == "clip":
                 self._scorer = CLIPScorer(self.clip, self.clip_tokenizer, "content")
             else:
-                config = self.model.config
-                specials = {getattr(config, k, None) for k in ("image_token_id", "video_token_id",
-                                                               "vision_start_token_id", "vision_end_token_id")}
-                text_config = config.get_text_config()
-                specials |= {getattr(text_config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
                 self._scorer = LLMScorer(self.model.get_input_embeddings(), self.processor.tokenizer, "content",
-                                         {s for s in specials if isinstance(s, int)})
+                                         special_token_ids(self.model))
         return self._scorer
 
     @torch.no_grad()
     def _inputs_and_text(self, image, question: str):
         """``(PruneInputs, TextEmbeddings)`` of one image, as :func:`eadp_lab.attach` builds them."""
-        from .models import CLIPScorer
+        from .models.attach import item_inputs
         from .models.layouts import item_layouts
 
         image, question = _as_image(image), _as_question(question)
@@ -350,35 +346,12 @@ class Lab:
             names = [k for k in inspect.signature(fn).parameters if k != "kwargs"]
             out = fn(**{k: inputs[k] for k in names if k in inputs and inputs[k] is not None}, return_dict=True)
             captured = pruner._captured.get("image")
-        items = [t.reshape(-1, t.shape[-1]) for t in
-                 (list(out.pooler_output) if isinstance(out.pooler_output, torch.Tensor) and out.pooler_output.ndim == 3
-                  else [out.pooler_output] if isinstance(out.pooler_output, torch.Tensor) else out.pooler_output)]
+        items = pruner._items(out.pooler_output)  # one (n_i, D) tensor per image
         feats = items[0]
         layout = item_layouts(self.family, inner, "image", [len(t) for t in items], [0], captured)[0]
         scorer = self._scorer_for()
         text = scorer.text(question)
-        R = len(layout.rows)
-        N = max(len(r) for r in layout.rows)
-        F = feats.new_zeros(R, N, feats.shape[-1])
-        for r, idx in enumerate(layout.rows):
-            F[r, : len(idx)] = feats[idx.to(feats.device)]
-        V = None
-        if isinstance(scorer, CLIPScorer):
-            if layout.vision is None:
-                raise ValueError("scoring='clip' has no CLIP vision states for this image: load with clip=None")
-            rows = [scorer.image_embeds(v) for v in layout.vision]
-            V = rows[0].new_zeros(R, N, rows[0].shape[-1])
-            for r, v in enumerate(rows):
-                V[r, : len(v)] = v
-            V = V.to(F.device)
-        ragged = any(g[0] * g[1] != N for g in layout.grids) or len(set(layout.grids)) > 1
-        pi = PruneInputs(
-            features=F.detach(), image_embeds=V,
-            text_embeds=None if text.global_ is None else text.global_.to(F.device),
-            text_embeds_seq=text.dense.to(F.device), text_mask=text.mask.to(F.device),
-            grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,),
-        )
-        return pi, text
+        return item_inputs(feats.detach(), layout, text, scorer), text
 
     def prune_inputs(self, image, question: str) -> PruneInputs:
         """The :class:`~eadp_lab.PruneInputs` of one image and question, as :func:`eadp_lab.attach` builds them.

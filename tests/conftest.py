@@ -24,3 +24,11 @@ def pytest_collection_modifyitems(config, items):
     if len(chosen) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
         items[:] = chosen
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The shipped lab LLaVA and lab CLIP through the notebooks' facade (loaded once per run)."""
+    from eadp_lab.lab import Lab
+
+    return Lab.load("lab", device="cpu")

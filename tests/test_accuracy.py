@@ -10,10 +10,6 @@ from eadp_lab.config import EADPConfig
 
 
 
-def needs_models(test):
-    """The lab models ship in data/models: a missing folder fails the tests that use them."""
-    return test
-
 
 def test_ablations_map_to_eadp_overrides():
     base = A.method_settings("eadp")[1]
@@ -58,7 +54,6 @@ def test_bad_arguments(capsys):
     assert "fastv" in capsys.readouterr().err
 
 
-@needs_models
 def test_command_end_to_end(tmp_path):
     from eadp_lab.bench import main as bench_main
 
@@ -77,7 +72,6 @@ def test_command_end_to_end(tmp_path):
     assert "bench accuracy" in report["command"]
 
 
-@needs_models
 def test_question_file_in_llava_eval_format(tmp_path):
     from PIL import Image
 
@@ -101,7 +95,6 @@ def test_question_file_in_llava_eval_format(tmp_path):
     assert len(written) == 6 and {w["metadata"]["method"] for w in written} == {"none", "pool"}
 
 
-@needs_models
 def test_lab_questions_match_the_world():
     from eadp_lab.world import sample
 

@@ -7,17 +7,6 @@ import torch
 
 from eadp_lab.bench import accuracy as A
 
-MODELS_READY = A.LAB_LLAVA.joinpath("config.json").exists() and A.LAB_CLIP.joinpath("config.json").exists()
-pytestmark = pytest.mark.skipif(not MODELS_READY, reason="data/models/lab-llava and lab-clip are not trained")
-
-
-@pytest.fixture(scope="module")
-def lab():
-    from eadp_lab.lab import Lab
-
-    return Lab.load("lab", device="cpu")
-
-
 @pytest.fixture(scope="module")
 def record():
     from eadp_lab.world import sample

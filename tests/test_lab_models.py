@@ -19,10 +19,6 @@ from eadp_lab.world.tokenizer import BOS, EOS, IMAGE, PAD, clip_tokenizer, llava
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_DIR = ROOT / "data" / "models" / "lab-clip"
 LLAVA_DIR = ROOT / "data" / "models" / "lab-llava"
-
-def needs_models(test):
-    """The shipped folders are part of the repository: a missing one fails, it does not skip."""
-    return test
 TINY_CLIP = ClipSize(vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
                      projection_dim=16)
 
@@ -156,7 +152,6 @@ def test_patch_attributes_name_the_object_on_each_patch():
 # ---------------------------------------------------------------- the shipped models
 
 
-@needs_models
 def test_shipped_models_load_offline_with_from_pretrained_and_autoprocessor(monkeypatch):
     from transformers import AutoProcessor, AutoTokenizer, CLIPModel, LlavaForConditionalGeneration
 
@@ -178,13 +173,11 @@ def test_shipped_models_load_offline_with_from_pretrained_and_autoprocessor(monk
     assert "FILIP" in (CLIP_DIR / "README.md").read_text()
 
 
-@needs_models
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for f in (ROOT / "data" / "models").rglob("*") if f.is_file())
     assert total <= 25 * 2**20, f"data/models holds {total / 2**20:.1f} MB"
 
 
-@needs_models
 @torch.no_grad()
 def test_training_path_equals_the_generate_path_and_answers_are_words():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -210,7 +203,6 @@ def test_training_path_equals_the_generate_path_and_answers_are_words():
     assert all(w.split() and w.split()[0] in vocabulary() for w in words)
 
 
-@needs_models
 @torch.no_grad()
 def test_attach_clip_scoring_accepts_the_lab_pair():
     from transformers import AutoProcessor, LlavaForConditionalGeneration

@@ -32,7 +32,8 @@ from ..methods import METHODS, PruneInputs, PruneResult, prune
 from .layouts import ItemLayout, family_of, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
-__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL", "TEMPLATE_HEAD"]
+__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL", "TEMPLATE_HEAD", "item_inputs",
+           "special_token_ids"]
 
 # Paper-faithful defaults (content tokens only) per family and modality.
 DEFAULT_PRESETS = {
@@ -140,12 +141,7 @@ class Pruner:
             self.scorer = CLIPScorer(clip, clip_tokenizer, text_positions)
             self.scorer.check_matches(self.inner.vision_tower)
         else:
-            specials = {getattr(model.config, k, None) for k in ("image_token_id", "video_token_id",
-                                                                   "vision_start_token_id", "vision_end_token_id")}
-            text_config = model.config.get_text_config()
-            specials |= {getattr(text_config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-            specials = {s for s in specials if isinstance(s, int)}
-            self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, specials)
+            self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, special_token_ids(model))
         self.instructions: list[str] | None = None
         self.history: list[CallRecord] = []
         self._previous_prompt = None
@@ -269,28 +265,7 @@ class Pruner:
         return int(self.budget)
 
     def _prune_item(self, feats, layout, text, settings) -> PruneResult:
-        N = max(len(r) for r in layout.rows)
-        R = len(layout.rows)
-        F = feats.new_zeros(R, N, feats.shape[-1])
-        for r, idx in enumerate(layout.rows):
-            F[r, : len(idx)] = feats[idx.to(feats.device)]
-        V = None
-        if layout.vision is not None and isinstance(self.scorer, CLIPScorer):
-            V_rows = [self.scorer.image_embeds(v) for v in layout.vision]
-            V = V_rows[0].new_zeros(R, N, V_rows[0].shape[-1])
-            for r, v in enumerate(V_rows):
-                V[r, : len(v)] = v
-        elif isinstance(self.scorer, CLIPScorer) and METHODS[self.method].text_guided:
-            raise ValueError(f"scoring='clip' has no CLIP vision states for this {layout.modality} "
-                             "(an interpolated OneVision grid or a non-CLIP tower): use scoring='llm'")
-        ragged = any(g[0] * g[1] != N for g in layout.grids) or len(set(layout.grids)) > 1
-        inputs = PruneInputs(
-            features=F, image_embeds=V.to(F.device) if V is not None else None,
-            text_embeds=None if text is None or text.global_ is None else text.global_.to(F.device),
-            text_embeds_seq=None if text is None else text.dense.to(F.device),
-            text_mask=None if text is None else text.mask.to(F.device),
-            grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,),
-        )
+        inputs = item_inputs(feats, layout, text, self.scorer, METHODS[self.method].text_guided)
         return prune(self.method, inputs, self._budget(layout), settings, **self.overrides)
 
     def _kept(self, layout, result, feats) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,6 +442,53 @@ class Pruner:
                 position_ids = position_ids - shift
             kwargs["position_ids"] = position_ids
         return kwargs
+
+
+def special_token_ids(model) -> set[int]:
+    """Token ids an LLM-space scorer never scores: visual placeholders, start, end and padding."""
+    config = model.config
+    ids = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                              "vision_end_token_id")}
+    text_config = config.get_text_config()
+    ids |= {getattr(text_config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return {i for i in ids if isinstance(i, int)}
+
+
+def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_vision: bool = True) -> PruneInputs:
+    """The :class:`PruneInputs` of one image or video: its rows (crops, frames) padded to ``N``.
+
+    Args:
+        feats: ``(T, D)`` the item's projected features, indexed by ``layout.rows``.
+        layout: the item's :class:`ItemLayout` (rows, grids, CLIP vision states).
+        text: the instruction's ``TextEmbeddings`` or ``None``.
+        scorer: the pruner's scorer; a :class:`CLIPScorer` turns ``layout.vision`` into ``image_embeds``.
+        require_vision: raise when a CLIP scorer has no vision states for the item.
+    Returns:
+        ``features`` ``(R, N, D)``, ``image_embeds`` ``(R, N, C)`` or ``None``, the text tensors on
+        the features' device, and the rows' grids (a list when they differ).
+    """
+    N = max(len(r) for r in layout.rows)
+    R = len(layout.rows)
+    F = feats.new_zeros(R, N, feats.shape[-1])
+    for r, idx in enumerate(layout.rows):
+        F[r, : len(idx)] = feats[idx.to(feats.device)]
+    V = None
+    if layout.vision is not None and isinstance(scorer, CLIPScorer):
+        V_rows = [scorer.image_embeds(v) for v in layout.vision]
+        V = V_rows[0].new_zeros(R, N, V_rows[0].shape[-1])
+        for r, v in enumerate(V_rows):
+            V[r, : len(v)] = v
+    elif isinstance(scorer, CLIPScorer) and require_vision:
+        raise ValueError(f"scoring='clip' has no CLIP vision states for this {layout.modality} "
+                         "(an interpolated OneVision grid or a non-CLIP tower): use scoring='llm'")
+    ragged = any(g[0] * g[1] != N for g in layout.grids) or len(set(layout.grids)) > 1
+    return PruneInputs(
+        features=F, image_embeds=V.to(F.device) if V is not None else None,
+        text_embeds=None if text is None or text.global_ is None else text.global_.to(F.device),
+        text_embeds_seq=None if text is None else text.dense.to(F.device),
+        text_mask=None if text is None else text.mask.to(F.device),
+        grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,),
+    )
 
 
 def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str = "llm", settings=None, **kwargs) -> Pruner:
