@@ -103,13 +103,9 @@ def vendor() -> None:
         shutil.move(str(VENDOR / ".unpack" / "package"), str(target))
         shutil.rmtree(VENDOR / ".unpack")
     shutil.copy(VENDOR / "requirejs" / "require.js", VENDOR / "require.min.js")
-    # The widget manager loads its own modules and fonts through RequireJS: point it here.
-    (VENDOR / "widgets-config.js").write_text(
-        "(function () {\n"
-        "  var root = document.documentElement.dataset.content_root || './';\n"
-        "  require.config({paths: {'@jupyter-widgets/html-manager': root + '_static/html-manager'}});\n"
-        "})();\n"
-    )
+    # RequireJS paths for the widget embedder, and a bridge from the widgets' MathJax 2 call
+    # to the MathJax 3 the book serves (see the file).
+    shutil.copy(BOOK / "_ext" / "widgets-config.js", VENDOR / "widgets-config.js")
 
 
 def build() -> None:
