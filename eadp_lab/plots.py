@@ -165,13 +165,21 @@ def curves(x, series: dict, ax=None, xlabel: str = "budget (tokens)", ylabel: st
     return ax
 
 
-def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, full_tokens: int | None = None):
-    """Accuracy against kept tokens per method, from ``bench accuracy`` rows
-    (``{"method", "budget", "accuracy"}``); ``none`` is drawn as a horizontal line."""
+VALUE_LABELS = {"accuracy": "accuracy", "named_reached": "named objects all reached",
+                "named_recall": "share of named objects' tokens kept"}
+
+
+def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, full_tokens: int | None = None,
+                       value: str = "accuracy"):
+    """``value`` against kept tokens per method, from ``bench accuracy`` rows
+    (``{"method", "budget", value}``); ``none`` is drawn as a horizontal line. ``value`` is
+    ``"accuracy"`` (answers) or a selection measure such as ``"named_reached"``; rows without
+    it are skipped."""
     ax = _ax(ax, figsize=(5.6, 3.6))
     by_method: dict[str, list[tuple[int, float]]] = {}
     for row in results:
-        by_method.setdefault(row["method"], []).append((row["budget"], row["accuracy"]))
+        if row.get(value) is not None:
+            by_method.setdefault(row["method"], []).append((row["budget"], row[value]))
     colours = method_colours(by_method)
     for name in sorted(by_method, key=lambda n: METHOD_ORDER.index(n) if n in METHOD_ORDER else 99):
         pts = sorted(by_method[name])
@@ -181,7 +189,7 @@ def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, f
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=name, color=colours[name])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens kept per image" + (f" (of {full_tokens})" if full_tokens else ""))
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(VALUE_LABELS.get(value, value))
     if title:
         ax.set_title(title)
     ax.legend(frameon=False, fontsize="small", ncol=2)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from eadp_lab.bench import accuracy as A
@@ -70,6 +71,26 @@ def test_command_end_to_end(tmp_path):
     assert rows[0]["kept_tokens_mean"] == 256 and rows[1]["kept_tokens_mean"] == 14
     assert rows[1]["settings"]["text_positions"] == "content"
     assert "bench accuracy" in report["command"]
+    # The selection-level ground truth: every question that names an object is measured, and
+    # with every token kept each named object is reached.
+    naming = sum(bool(q.named) for q in A.lab_questions(6, seed=5))
+    assert naming > 0 and all(r["named_questions"] == naming for r in rows)
+    assert rows[0]["named_reached"] == 1.0 and rows[0]["named_recall"] == 1.0
+    assert all(0.0 <= r["named_reached"] <= 1.0 and 0.0 <= r["named_recall"] <= 1.0 for r in rows[1:])
+
+
+def test_named_kept_measures_the_named_objects_on_the_kept_tokens():
+    from types import SimpleNamespace
+
+    masks = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    q = A.Question("q", None, "is the red circle left of the blue square ?", "yes", "relation", (0, 1), masks)
+    one = A.named_kept(q, SimpleNamespace(tokens_before=6, kept=torch.tensor([1, 2])))
+    assert one == {"recall": pytest.approx(0.25), "reached": 0.5, "all_reached": False}
+    both = A.named_kept(q, SimpleNamespace(tokens_before=6, kept=torch.tensor([0, 5])))
+    assert both["all_reached"] and both["recall"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert A.named_kept(q, SimpleNamespace(tokens_before=7, kept=torch.tensor([0]))) is None  # another grid
+    absent = A.Question("q", None, "is there a cross ?", "no", "exist", (), masks)
+    assert A.named_kept(absent, SimpleNamespace(tokens_before=6, kept=torch.tensor([0]))) is None
 
 
 def test_question_file_in_llava_eval_format(tmp_path):
@@ -90,6 +111,7 @@ def test_question_file_in_llava_eval_format(tmp_path):
             "--budgets", "28", "--json", str(out), "--answers-file", str(answers)])
     rows = json.loads(out.read_text())["results"]
     assert [r["method"] for r in rows] == ["none", "pool"]
+    assert all(r["named_reached"] is None and r["named_questions"] == 0 for r in rows)  # no ground truth
     assert all(sum(t["questions"] for t in r["per_type"].values()) == 2 for r in rows)  # scored: with an answer
     written = [json.loads(x) for x in answers.read_text().splitlines()]
     assert len(written) == 6 and {w["metadata"]["method"] for w in written} == {"none", "pool"}
@@ -102,3 +124,6 @@ def test_lab_questions_match_the_world():
     rs = sample("heldout", 4, seed=9, grid=None)
     assert [q.text for q in qs] == [r.question.text for r in rs]
     assert all(np.array_equal(q.image, r.image) for q, r in zip(qs, rs))
+    for q, r in zip(qs, rs):
+        assert q.named == tuple(sorted({k for ref in r.question.refs for k in ref}))
+        assert q.masks.shape == (len(r.scene.objects), 256) and q.masks.dtype == torch.bool

@@ -29,3 +29,7 @@ def test_figures_draw():
             {"method": "eadp", "budget": 14, "accuracy": 0.5}]
     ax = plots.accuracy_vs_budget(rows, full_tokens=256)
     assert len(ax.lines) == 2
+    rows[1]["named_reached"], rows[2]["named_reached"] = 0.75, 0.5  # "none" lacks it: not drawn
+    ax = plots.accuracy_vs_budget(rows, value="named_reached")
+    assert len(ax.lines) == 1 and list(ax.lines[0].get_ydata()) == [0.5, 0.75]
+    assert ax.get_ylabel() == plots.VALUE_LABELS["named_reached"]

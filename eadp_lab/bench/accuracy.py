@@ -9,7 +9,11 @@ and answers them with the lab LLaVA (``data/models/lab-llava``, scored in the la
 space, ``data/models/lab-clip``), through :func:`eadp_lab.attach` exactly as a real
 checkpoint would be pruned: the processor builds each batch (left padding), the pruner
 prunes inside ``model.generate`` (greedy, ``--max-new-tokens``), and accuracy is the exact
-match of the first generated word. Every method and budget sees the same questions. A
+match of the first generated word. Every method and budget sees the same questions. On lab
+questions it also measures what each method *keeps* against the scene's ground truth,
+whatever the model answers: ``named_reached``, the share of questions whose named objects
+each keep at least one visual token, and ``named_recall``, the mean share of their tokens
+kept. A
 question file in the LLaVA evaluation format (jsonl: ``question_id``, ``image`` relative to
 ``--image-folder``, ``text``, optional ``answer`` and ``category``) runs a real benchmark
 with a real model (``--model``, ``--clip``); ``--answers-file`` writes the answers in that
@@ -40,7 +44,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "Question", "lab_questions", "file_questions", "method_settings",
-           "first_word", "load", "evaluate", "run", "main"]
+           "first_word", "named_kept", "load", "evaluate", "run", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -59,21 +63,53 @@ DEFAULT_BUDGETS = (256, 64, 28, 14)
 
 @dataclass
 class Question:
-    """One question: its image (``(H, W, 3)`` uint8 array or a PIL image), text and answer."""
+    """One question: its image (``(H, W, 3)`` uint8 array or a PIL image), text and answer.
+
+    Lab-world questions also carry the ground truth of what they name: ``named``, the objects
+    the question's words refer to, and ``masks``, ``(K, N)`` bool, the visual tokens each of
+    the scene's ``K`` objects covers on the model's ``N``-token grid (from the scene
+    description, not from pixels).
+    """
 
     qid: str
     image: object
     text: str
     answer: str | None
     qtype: str | None
+    named: tuple[int, ...] = ()
+    masks: torch.Tensor | None = None
 
 
 def lab_questions(n: int, seed: int) -> list[Question]:
     """``n`` questions of the lab world's ``heldout`` split for ``seed``."""
+    from ..guidance import named_objects, object_masks
     from ..world import sample
 
-    return [Question(f"heldout/{seed}/{r.index}", r.image, r.question.text, r.answer, r.qtype)
-            for r in sample("heldout", n, seed=seed, workers=2 if n >= 64 else 1, grid=None)]
+    return [Question(f"heldout/{seed}/{r.index}", r.image, r.question.text, r.answer, r.qtype,
+                     named_objects(r.question), object_masks(r.coverage))
+            for r in sample("heldout", n, seed=seed, workers=2 if n >= 64 else 1)]
+
+
+def named_kept(question: Question, item) -> dict | None:
+    """What the tokens kept for ``question``'s image show of the objects it names.
+
+    Args:
+        question: a :class:`Question` with ``named`` and ``masks`` (lab-world questions).
+        item: the pruner's record of that image (``pruner.last.items[i]``: ``kept``, ``(T,)``
+            indices into its ``tokens_before`` tokens).
+    Returns:
+        :func:`eadp_lab.guidance.named_recall` of the kept tokens (``recall``, ``reached``,
+        ``all_reached``), or ``None`` when there is nothing to measure: no ground truth, no
+        named object (an existence question about an absent one), or a token grid that is not
+        the model's.
+    """
+    from ..guidance import named_recall
+
+    if question.masks is None or not question.named or question.masks.shape[1] != item.tokens_before:
+        return None
+    keep = torch.zeros(item.tokens_before, dtype=torch.bool)
+    keep[item.kept.cpu()] = True
+    return named_recall(keep, question.masks, question.named)
 
 
 def file_questions(path, image_folder, limit: int | None = None) -> list[Question]:
@@ -164,7 +200,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
     tokenizer = processor.tokenizer
     if tokenizer.padding_side != "left":
         raise ValueError("the processor's tokenizer must pad on the left for batched generation")
-    answers, hits, per_type, kept, seconds = [], [], {}, [], 0.0
+    answers, hits, per_type, kept, named, seconds = [], [], {}, [], [], 0.0
     start = time.perf_counter()
     suppress = [t for t in (getattr(model.config, "image_token_id", None),) if t is not None]
     for b, i in enumerate(range(0, len(questions), batch)):
@@ -180,7 +216,11 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         seconds += record.seconds
         kept += [it.tokens_after for it in record.items]
         texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        for q, text in zip(chunk, texts):
+        items = {it.sample: it for it in record.items}
+        for j, (q, text) in enumerate(zip(chunk, texts)):
+            seen = named_kept(q, items[j]) if j in items else None
+            if seen is not None:
+                named.append(seen)
             answers.append({"question_id": q.qid, "prompt": q.text, "text": text.strip()})
             if q.answer is not None:
                 hit = float(first_word(text) == first_word(str(q.answer)))
@@ -195,6 +235,11 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "questions": len(questions),
         "per_type": {t: {"accuracy": round(sum(v) / len(v), 4), "questions": len(v)} for t, v in sorted(per_type.items())},
         "kept_tokens_mean": round(sum(kept) / max(1, len(kept)), 2),
+        # Selection-level ground truth (lab questions): share of the questions whose named
+        # objects each keep at least one token, and the mean share of their tokens kept.
+        "named_reached": round(sum(n["all_reached"] for n in named) / len(named), 4) if named else None,
+        "named_recall": round(sum(n["recall"] for n in named) / len(named), 4) if named else None,
+        "named_questions": len(named),
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
         "settings": asdict(settings) if is_dataclass(settings) else None,
         "answers": answers,
@@ -229,15 +274,15 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
     return results
 
 
-def _table(results: list[dict]) -> str:
+def _table(results: list[dict], value: str = "accuracy") -> str:
     budgets = sorted({r["budget"] for r in results if r["method"] != "none"}, reverse=True)
-    lines = [f"{'method':<16}" + "".join(f"{b:>9}" for b in budgets)]
+    lines = [f"{value:<16}" + "".join(f"{b:>9}" for b in budgets)]
     full = {r["method"]: r for r in results if r["method"] == "none"}
     for r in full.values():
-        lines.append(f"{'none (' + str(r['budget']) + ')':<16}" + f"{100 * r['accuracy']:>8.1f}%" if r["accuracy"]
-                     is not None else "none: no answers")
+        lines.append(f"{'none (' + str(r['budget']) + ')':<16}" + f"{100 * r[value]:>8.1f}%" if r.get(value)
+                     is not None else f"none: no {value}")
     for name in dict.fromkeys(r["method"] for r in results if r["method"] != "none"):
-        row = {r["budget"]: r["accuracy"] for r in results if r["method"] == name}
+        row = {r["budget"]: r.get(value) for r in results if r["method"] == name}
         lines.append(f"{name:<16}" + "".join(f"{100 * row[b]:>8.1f}%" if row.get(b) is not None else f"{'-':>9}"
                                              for b in budgets))
     return "\n".join(lines)
@@ -310,6 +355,9 @@ def main(argv=None) -> int:
     results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
                   args.batch, args.seed, args.max_new_tokens, args.sign)
     print(_table(results))
+    if any(r.get("named_reached") is not None for r in results):
+        print("\nquestions whose named objects all keep a token (selection, from the scene description):")
+        print(_table(results, "named_reached"))
     if args.answers_file:
         with open(args.answers_file, "w") as f:
             for r in results:
