@@ -71,6 +71,7 @@ def test_command_end_to_end(tmp_path):
     assert rows[0]["kept_tokens_mean"] == 256 and rows[1]["kept_tokens_mean"] == 14
     assert rows[1]["settings"]["text_positions"] == "content"
     assert "bench accuracy" in report["command"]
+    assert report["positions"] == "renumber" and all(r["positions"] == "renumber" for r in rows)
     # The selection-level ground truth: every question that names an object is measured, and
     # with every token kept each named object is reached.
     naming = sum(bool(q.named) for q in A.lab_questions(6, seed=5))
@@ -108,8 +109,9 @@ def test_question_file_in_llava_eval_format(tmp_path):
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out, answers = tmp_path / "acc.json", tmp_path / "answers.jsonl"
     A.main(["--question-file", str(tmp_path / "q.jsonl"), "--image-folder", str(tmp_path), "--methods", "none,pool",
-            "--budgets", "28", "--json", str(out), "--answers-file", str(answers)])
+            "--budgets", "28", "--positions", "original", "--json", str(out), "--answers-file", str(answers)])
     rows = json.loads(out.read_text())["results"]
+    assert all(r["positions"] == "original" for r in rows)
     assert [r["method"] for r in rows] == ["none", "pool"]
     assert all(r["named_reached"] is None and r["named_questions"] == 0 for r in rows)  # no ground truth
     assert all(sum(t["questions"] for t in r["per_type"].values()) == 2 for r in rows)  # scored: with an answer

@@ -1,7 +1,7 @@
 """Accuracy against budget: a VLM answers questions with each pruning method attached, side by side.
 
     python -m eadp_lab bench accuracy [--seed S] [--questions Q] [--budgets 256,64,28,14]
-        [--methods none,eadp,...] [--json OUT] [--batch 32]
+        [--methods none,eadp,...] [--json OUT] [--batch 32] [--sign 1] [--positions original]
         [--question-file F --image-folder D] [--model PATH_OR_ID] [--clip PATH_OR_ID]
 
 By default it generates ``Q`` questions of the lab world's ``heldout`` split from seed ``S``
@@ -192,8 +192,12 @@ def _prompt(processor, question: str) -> str:
 @torch.no_grad()
 def evaluate(model, processor, questions: list[Question], name: str, budget: int, *, clip=None, clip_tokenizer=None,
              scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
-             bar=None) -> dict:
-    """Answer ``questions`` with method ``name`` at ``budget`` attached; accuracy and answers."""
+             positions: str = "renumber", bar=None) -> dict:
+    """Answer ``questions`` with method ``name`` at ``budget`` attached; accuracy and answers.
+
+    ``positions`` goes to :func:`eadp_lab.attach`: ``"renumber"`` the kept tokens
+    contiguously (its default) or keep their ``"original"`` 1-D positions.
+    """
     from ..models import attach, family_of
 
     family = family_of(model)
@@ -209,7 +213,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
                            return_tensors="pt", padding=True)
         method, settings = method_settings(name, family, b, seed, sign)
         with attach(model, method, budget=budget, scoring=scoring, settings=settings, clip=clip,
-                    clip_tokenizer=clip_tokenizer, tokenizer=tokenizer) as pruner:
+                    clip_tokenizer=clip_tokenizer, tokenizer=tokenizer, positions=positions) as pruner:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  suppress_tokens=suppress or None)
             record = pruner.last
@@ -241,7 +245,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "named_recall": round(sum(n["recall"] for n in named) / len(named), 4) if named else None,
         "named_questions": len(named),
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
-        "settings": asdict(settings) if is_dataclass(settings) else None,
+        "settings": asdict(settings) if is_dataclass(settings) else None, "positions": positions,
         "answers": answers,
     }
 
@@ -254,7 +258,7 @@ def _visual_tokens(model) -> int:
 
 def run(questions: list[Question], methods, budgets, model, processor, clip=None, clip_tokenizer=None,
         scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, positions: str = "renumber") -> list[dict]:
     """Every method at every budget on the same questions; ``none`` once, at the full token count."""
     from tqdm.auto import tqdm
 
@@ -270,7 +274,7 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
             bar.set_postfix(method=name, budget=budget)
             results.append(evaluate(model, processor, questions, name, budget, clip=clip, clip_tokenizer=clip_tokenizer,
                                     scoring=scoring, batch=batch, seed=seed, max_new_tokens=max_new_tokens,
-                                    sign=sign, bar=bar))
+                                    sign=sign, positions=positions, bar=bar))
     return results
 
 
@@ -333,6 +337,9 @@ def main(argv=None) -> int:
                         help="where text meets image (default: clip when a CLIP is known, else llm)")
     parser.add_argument("--sign", type=float, choices=(-1.0, 1.0), default=None,
                         help="override every text-guided method's similarity sign (default: as published, -1)")
+    parser.add_argument("--positions", choices=("renumber", "original"), default="renumber",
+                        help="positions of the kept visual tokens: renumbered contiguously (attach's "
+                             "default) or the original ones")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -353,7 +360,7 @@ def main(argv=None) -> int:
     else:
         questions = lab_questions(args.questions, args.seed)
     results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
-                  args.batch, args.seed, args.max_new_tokens, args.sign)
+                  args.batch, args.seed, args.max_new_tokens, args.sign, positions=args.positions)
     print(_table(results))
     if any(r.get("named_reached") is not None for r in results):
         print("\nquestions whose named objects all keep a token (selection, from the scene description):")
@@ -369,7 +376,7 @@ def main(argv=None) -> int:
             "results": [{k: v for k, v in r.items() if k != "answers"} for r in results],
             "model": str(args.model or "data/models/lab-llava"), "clip": None if clip is None else str(
                 args.clip or "data/models/lab-clip"),
-            "scoring": scoring, "seed": args.seed, "sign": args.sign,
+            "scoring": scoring, "seed": args.seed, "sign": args.sign, "positions": args.positions,
             "questions": {"source": args.question_file or "lab world heldout split", "count": len(questions)},
             "batch": args.batch, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - start, 1),
