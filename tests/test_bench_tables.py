@@ -74,3 +74,16 @@ def test_load_results(tmp_path):
     empty.write_text(json.dumps({"results": []}))
     with pytest.raises(ValueError, match="empty.json"):
         A.load_results(empty)
+
+
+def test_markdown_table():
+    rows = [{"method": "none", "budget": 256, "accuracy": 0.5, "named_reached": 1.0},
+            {"method": "eadp", "budget": 64, "accuracy": 0.25, "named_reached": 0.75},
+            {"method": "eadp", "budget": 14, "accuracy": 0.125, "named_reached": None}]
+    lines = A.markdown_table(rows).splitlines()
+    assert lines[0] == ("| method | accuracy @ 256 | accuracy @ 64 | accuracy @ 14 | named_reached @ 256 "
+                        "| named_reached @ 64 | named_reached @ 14 |")
+    assert lines[2] == "| none | 50.0 |  |  | 100.0 |  |  |"
+    assert lines[3] == "| eadp |  | 25.0 | 12.5 |  | 75.0 |  |"
+    no_seconds = A.markdown_table(rows, values=("accuracy", "seconds")).splitlines()  # no row has seconds
+    assert no_seconds[0] == "| method | accuracy @ 256 | accuracy @ 64 | accuracy @ 14 |" and len(no_seconds) == 4

@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "Question", "lab_questions", "file_questions", "method_settings",
-           "first_word", "named_kept", "load", "evaluate", "run", "main"]
+           "first_word", "named_kept", "load", "evaluate", "run", "main", "load_results", "results_frame",
+           "per_type_frame", "markdown_table"]
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -435,6 +436,26 @@ def results_frame(results, value: str = "accuracy"):
         v = r.get(value)
         frame.loc[r["method"], int(r["budget"])] = float("nan") if v is None else float(v)
     return frame
+
+
+def markdown_table(results, values=("accuracy", "named_reached")) -> str:
+    """A Markdown table of ``values`` (in %) per method (rows) and budget (columns), one block
+    of budget columns per value; for model cards and notes. Values no row carries are left out.
+
+    Args:
+        results: the rows of :func:`run`, or the command's report (``{"results": [...]}``).
+    """
+    rows = _result_rows(results)
+    values = [v for v in values if any(r.get(v) is not None for r in rows)]
+    frames = {v: results_frame(rows, v) for v in values}
+    budgets = list(frames[values[0]].columns) if values else []
+    header = ["method"] + [f"{v} @ {b}" for v in values for b in budgets]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for method in (frames[values[0]].index if values else []):
+        cells = [f"{100 * frames[v].loc[method, b]:.1f}" if frames[v].loc[method, b] == frames[v].loc[method, b]
+                 else "" for v in values for b in budgets]
+        lines.append("| " + " | ".join([method, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def per_type_frame(results, value: str = "accuracy"):
