@@ -1,6 +1,7 @@
 """The notebooks stay diff-able and thin: no stored outputs, a papermill parameters cell, a
 learning goal up front, exercises at the end, and no algorithm code (that lives in eadp_lab)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def test_no_outputs_in_git(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_structure(path):
     nb = nbformat.read(path, as_version=4)
+    raw = json.loads(path.read_text())  # nbformat.read adds missing ids: check the file itself
+    assert all("id" in c for c in raw["cells"]), f"{path.name}: every cell has an id (nbformat 4.5)"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{path.name}: exactly one papermill `parameters` cell"
     assert nb.cells[0].cell_type == "markdown", f"{path.name}: open with what the reader will learn"
