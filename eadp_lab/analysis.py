@@ -71,14 +71,12 @@ def object_recall(keep_mask: torch.Tensor, object_masks: torch.Tensor) -> torch.
     Returns:
         ``(K,)`` float in ``[0, 1]`` (0 for an object with no patch).
     """
-    masks = object_masks.bool()
-    kept = (masks & keep_mask.bool()[None]).sum(-1).float()
-    return kept / masks.sum(-1).clamp(min=1).float()
+    return row_object_recall(keep_mask[None], object_masks[None])  # one image is one row
 
 
 def objects_reached(keep_mask: torch.Tensor, object_masks: torch.Tensor) -> torch.Tensor:
     """``(K,)`` bool: whether at least one patch of each object was kept."""
-    return (object_masks.bool() & keep_mask.bool()[None]).any(-1)
+    return row_objects_reached(keep_mask[None], object_masks[None])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from . import scoring
 from ._checks import check_budget, check_ndim
-from .analysis import object_recall, objects_reached
+from .analysis import object_recall, objects_reached, row_object_masks
 
 __all__ = [
     "GROUPS",
@@ -63,10 +63,7 @@ def object_masks(coverage, threshold: float = 0.25) -> torch.Tensor:
     Args:
         coverage: ``(K, gh, gw)`` from :attr:`eadp_lab.world.Record.coverage`.
     """
-    from .world import patch_masks
-
-    masks = patch_masks(np.asarray(coverage), threshold)
-    return torch.from_numpy(masks.reshape(masks.shape[0], -1).copy())
+    return row_object_masks(coverage, threshold)[0]  # one image is one row
 
 
 def union_mask(masks: torch.Tensor, objects: Sequence[int]) -> torch.Tensor:

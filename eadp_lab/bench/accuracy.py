@@ -445,16 +445,17 @@ def markdown_table(results, values=("accuracy", "named_reached")) -> str:
     Args:
         results: the rows of :func:`run`, or the command's report (``{"results": [...]}``).
     """
+    import pandas as pd
+
     rows = _result_rows(results)
     values = [v for v in values if any(r.get(v) is not None for r in rows)]
-    frames = {v: results_frame(rows, v) for v in values}
-    budgets = list(frames[values[0]].columns) if values else []
-    header = ["method"] + [f"{v} @ {b}" for v in values for b in budgets]
+    if not values:
+        return "| method |\n| --- |"
+    table = pd.concat({v: results_frame(rows, v) for v in values}, axis=1)  # columns: (value, budget)
+    header = ["method"] + [f"{v} @ {b}" for v, b in table.columns]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    for method in (frames[values[0]].index if values else []):
-        cells = [f"{100 * frames[v].loc[method, b]:.1f}" if frames[v].loc[method, b] == frames[v].loc[method, b]
-                 else "" for v in values for b in budgets]
-        lines.append("| " + " | ".join([method, *cells]) + " |")
+    for method, cells in table.iterrows():
+        lines.append("| " + " | ".join([method, *("" if pd.isna(x) else f"{100 * x:.1f}" for x in cells)]) + " |")
     return "\n".join(lines)
 
 
