@@ -10,7 +10,7 @@ and the model's answer change.
 Sliders: ``alpha`` (global against dense score), ``beta`` (polarisation), ``keep ratio``
 (``entropy_keep_ratio``: the entropy filter's share of text tokens), ``temperature``
 (``entropy_temperature`` of the spatial softmax) and ``budget`` (visual tokens kept); a method
-dropdown (the registry and EADP's ablations of :data:`eadp_lab.bench.accuracy.ABLATIONS`) and a
+dropdown (the registry and EADP's ablations of :data:`eadp_lab.methods.settings.ABLATIONS`) and a
 question picker. The knobs apply to the methods with EADP settings (``eadp``, ``topk_dense`` and
 the ablations, whose own overrides win: ``eadp-global`` always has ``alpha = 1``); the other
 methods disable them. Every redraw answers through :meth:`eadp_lab.lab.Lab.ask` (the model with
@@ -26,7 +26,7 @@ import math
 import ipywidgets as widgets
 
 from . import plots
-from .bench.accuracy import ABLATIONS
+from .methods.settings import ABLATIONS
 from .config import EADPConfig
 from .lab import Lab, method_names
 from .methods import METHODS

@@ -33,22 +33,13 @@ import torch
 
 from . import scoring
 from ._checks import check_budget, check_choice
-from .bench.accuracy import ABLATIONS, LAB_CLIP, LAB_LLAVA, _prompt, load, method_settings
+from .evaluation import LAB_CLIP, LAB_LLAVA, load, prompt_for
 from .methods import METHODS, PruneInputs, PruneResult, prune
+from .methods.settings import ABLATIONS, clip_similarity_sign, method_names, method_settings
 
-__all__ = ["Lab", "Answer", "WordScores", "LAB", "method_names", "prompt_for"]
+__all__ = ["Lab", "Answer", "WordScores", "LAB", "method_names", "prompt_for"]  # the last two re-exported
 
 LAB = "lab"  # the name of the shipped lab models (data/models/lab-llava + data/models/lab-clip)
-
-
-def method_names() -> list[str]:
-    """Every name :meth:`Lab.ask` and :meth:`Lab.keep` accept: the registry, then EADP's ablations."""
-    return list(METHODS) + [a for a in ABLATIONS if a not in METHODS]
-
-
-def prompt_for(processor, question: str) -> str:
-    """The prompt the accuracy bench sends for ``question`` (the processor's chat template, or LLaVA-1.5's)."""
-    return _prompt(processor, question)
 
 
 @dataclass
@@ -175,6 +166,8 @@ class Lab:
         self.family = family_of(model)
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self._scorer = None
+        # the similarity sign the CLIP declares (the lab CLIP: measured, in its config); None: the presets' -1
+        self.sign = clip_similarity_sign(clip) if self.scoring == "clip" else None
         if self.scoring == "clip":  # fail now, not at the first question, if the CLIP is not the model's tower
             self._scorer_for().check_matches(model.model.vision_tower)
 
@@ -199,7 +192,7 @@ class Lab:
         is_lab = model == LAB or (isinstance(model, (str, Path)) and Path(model).resolve() == LAB_LLAVA.resolve())
         path = LAB_LLAVA if is_lab else model
         if is_lab and not (LAB_LLAVA / "config.json").exists():
-            raise FileNotFoundError(f"the lab LLaVA is not in {LAB_LLAVA} (train it: python -m eadp_lab.world.train)")
+            raise FileNotFoundError(f"the lab LLaVA is not in {LAB_LLAVA} (train it: python -m eadp_lab.labmodels.train)")
         if clip == "auto":
             clip = LAB_CLIP if is_lab else None
         vlm, processor, clip_model, clip_tokenizer = _quietly(load, path, clip, dtype=dtype)
@@ -241,12 +234,13 @@ class Lab:
         """``(registry method, settings)`` of a method or ablation name, as the accuracy bench makes them.
 
         ``settings``: ``None`` (the bench's defaults for this model family: EADP's paper-faithful
-        preset with the ablation's overrides, ``random`` seeded 0), an instance of the method's
+        preset with the ablation's overrides and the sign the CLIP declares, :attr:`sign`,
+        ``random`` seeded 0), an instance of the method's
         settings dataclass (used as is), or a dict of fields to change on the defaults.
         """
         if not isinstance(method, str) or method not in METHODS and method not in ABLATIONS:
             raise ValueError(f"method must be one of {method_names()}, got {method!r}")
-        registry, defaults = method_settings(method, self.family)
+        registry, defaults = method_settings(method, self.family, sign=self.sign)
         if settings is None:
             return registry, defaults
         if isinstance(settings, dict):
@@ -276,7 +270,7 @@ class Lab:
                       clip_tokenizer=self.clip_tokenizer, tokenizer=self.processor.tokenizer)
 
     def _encode(self, image, question: str):
-        inputs = self.processor(images=[image], text=[_prompt(self.processor, question)], return_tensors="pt",
+        inputs = self.processor(images=[image], text=[prompt_for(self.processor, question)], return_tensors="pt",
                                 padding=True).to(self.device)
         for key in ("pixel_values", "pixel_values_videos"):
             if key in inputs and inputs[key].is_floating_point():

@@ -28,7 +28,7 @@ def _heatmap(figure):
 
 def test_controls_and_first_draw(explorer, lab, records):
     from eadp_lab import METHODS
-    from eadp_lab.bench.accuracy import ABLATIONS
+    from eadp_lab.methods.settings import ABLATIONS
 
     assert set(explorer.controls) == {"question", "method", "budget", "alpha", "beta", "keep_ratio", "temperature"}
     assert set(explorer.controls["method"].options) == set(METHODS) | set(ABLATIONS)

@@ -133,8 +133,8 @@ def test_separation_is_the_auc():
 
 @pytest.fixture(scope="module")
 def tiny_clip():
-    from eadp_lab.world.lab_models import ClipSize, build_clip
-    from eadp_lab.world.tokenizer import clip_tokenizer
+    from eadp_lab.labmodels.build import ClipSize, build_clip
+    from eadp_lab.labmodels.tokenizer import clip_tokenizer
 
     size = ClipSize(vision_width=32, vision_layers=1, vision_heads=2, text_width=32, text_layers=1, text_heads=2,
                     projection_dim=16)

@@ -60,7 +60,7 @@ def test_keep_equals_what_attach_kept(lab, record, method, settings):
     import eadp_lab
 
     registry, resolved = lab.settings(method, settings)
-    inputs = lab.processor(images=[record.image], text=[A._prompt(lab.processor, record.question.text)],
+    inputs = lab.processor(images=[record.image], text=[A.prompt_for(lab.processor, record.question.text)],
                            return_tensors="pt", padding=True)
     with eadp_lab.attach(lab.model, registry, budget=40, scoring="clip", settings=resolved, clip=lab.clip,
                          clip_tokenizer=lab.clip_tokenizer, tokenizer=lab.processor.tokenizer) as pruner:
@@ -145,7 +145,7 @@ def test_llm_scoring_without_clip(lab, record):
 
 def test_a_clip_that_is_not_the_model_tower_is_refused(lab):
     from eadp_lab.lab import Lab
-    from eadp_lab.world.lab_models import build_clip
+    from eadp_lab.labmodels.build import build_clip
 
     with pytest.raises(ValueError, match="does not match"):
         Lab(lab.model, lab.processor, build_clip(seed=123), lab.clip_tokenizer)

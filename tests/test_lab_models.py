@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from eadp_lab.world import sample, vocabulary
-from eadp_lab.world.lab_models import (ClipSize, LlavaSize, build_clip, build_llava, dense_text, image_processor,
+from eadp_lab.labmodels.build import (ClipSize, LlavaSize, build_clip, build_llava, dense_text, image_processor,
                                        llava_processor, pixel_values, prompt, scoring_patches, vision_states,
                                        word_mask)
-from eadp_lab.world.losses import contrastive_loss, filip_logits, filip_loss
-from eadp_lab.world.tokenizer import BOS, EOS, IMAGE, PAD, clip_tokenizer, llava_tokenizer, vocab_table
+from eadp_lab.labmodels.losses import contrastive_loss, filip_logits, filip_loss
+from eadp_lab.labmodels.tokenizer import BOS, EOS, IMAGE, PAD, clip_tokenizer, llava_tokenizer, vocab_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_DIR = ROOT / "data" / "models" / "lab-clip"
@@ -111,42 +111,141 @@ def test_lab_llava_takes_the_clip_vision_tower_and_the_scoring_pathway_is_clip_s
         assert torch.allclose(dense, emb.dense[:, 0], atol=1e-6) and torch.allclose(pooled, emb.global_[:, 0], atol=1e-6)
 
 
+TINY_LLAVA = LlavaSize(lm_width=32, lm_layers=1, lm_heads=2, lm_kv_heads=2, lm_mlp=64)
+
+
+def _tiny_clip_settings(**changes):
+    from dataclasses import replace
+
+    from eadp_lab.labmodels.clip_training import ClipTraining
+
+    return replace(ClipTraining(images=24, dense_steps=3, dense_batch=4, align_steps=3, align_batch=4, align_images=24,
+                                check_every=10**6, threads=1, locked_layers=1, size=TINY_CLIP), **changes)
+
+
+def _tiny_llava_settings():
+    from eadp_lab.labmodels.llava_training import LlavaTraining
+
+    return LlavaTraining(steps=3, batch=4, turns=2, images=8, val_questions=8, val_every=10**6, threads=1,
+                         size=TINY_LLAVA)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 @pytest.mark.slow
-def test_tiny_training_runs_end_to_end(tmp_path):
-    from eadp_lab.world.clip_training import ClipTraining, train_clip
-    from eadp_lab.world.llava_training import LlavaTraining, train_llava
-    from eadp_lab.world.train import save_clip
+def test_a_stopped_clip_run_resumes_to_the_same_weights(tmp_path):
+    from eadp_lab.labmodels.checkpoint import Checkpoints
+    from eadp_lab.labmodels.clip_training import control_settings, train_clip
 
-    clip, tok, history = train_clip(ClipTraining(steps=2, batch=8, images=16, size=TINY_CLIP), progress=False)
-    assert history["log"][-1]["step"] == 1 and all(np.isfinite(e["loss"]) for e in history["log"])
+    settings = _tiny_clip_settings()
+    unbroken, _, history = train_clip(settings, progress=False)
+    assert [e["step"] for e in history["dense"]["log"]] == [0, 2] and history["align"]["log"][-1]["step"] == 2
+    for stop_after in (1, 2):  # killed in stage 1, then in stage 2 (a checkpoint after every step)
+        folder = tmp_path / f"stop{stop_after}"
+        with pytest.raises(KeyboardInterrupt):
+            train_clip(settings, Checkpoints(folder, every=0, stop_after=stop_after), progress=False)
+        resumed, _, again = train_clip(settings, Checkpoints(folder, every=0), progress=False)
+        assert _same_weights(unbroken, resumed)
+        assert again["dense"]["log"] == history["dense"]["log"]
+    fresh, _, _ = train_clip(_tiny_clip_settings(seed=1), progress=False)
+    assert not _same_weights(unbroken, fresh)  # the check can fail: another seed, other weights
+    control, _, h = train_clip(control_settings(settings, steps=2), progress=False)
+    assert h["dense"]["log"] == [] and h["align"]["log"][-1]["filip"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_stopped_llava_run_resumes_to_the_same_weights(tmp_path):
+    from eadp_lab.labmodels.checkpoint import Checkpoints
+    from eadp_lab.labmodels.clip_training import train_clip
+    from eadp_lab.labmodels.llava_training import train_llava
+    from eadp_lab.labmodels.train import save_clip
+
+    clip, tok, _ = train_clip(_tiny_clip_settings(dense_steps=1, align_steps=1), progress=False)
     save_clip(clip, tok, tmp_path / "clip")
-    model, history = train_llava(LlavaTraining(steps=2, batch=4, turns=2, images=8, val_questions=8, val_every=2,
-                                               size=LlavaSize(lm_width=32, lm_layers=1, lm_heads=2, lm_kv_heads=2,
-                                                              lm_mlp=64)),
-                                 tmp_path / "clip", progress=False)
-    assert history["val"][-1]["step"] == 2 and 0.0 <= history["val"][-1]["accuracy"] <= 1.0
+    settings = _tiny_llava_settings()
+    unbroken, history = train_llava(settings, tmp_path / "clip", progress=False)
+    assert history["val"][-1]["step"] == 3 and 0.0 <= history["val"][-1]["accuracy"] <= 1.0
+    with pytest.raises(KeyboardInterrupt):
+        train_llava(settings, tmp_path / "clip", Checkpoints(tmp_path / "ck", every=0, stop_after=2), progress=False)
+    assert torch.load(tmp_path / "ck" / "llava.pt", weights_only=False)["step"] == 2
+    resumed, again = train_llava(settings, tmp_path / "clip", Checkpoints(tmp_path / "ck", every=0), progress=False)
+    assert _same_weights(unbroken, resumed) and again["log"] == history["log"]
 
 
-def test_patch_attributes_name_the_object_on_each_patch():
-    from eadp_lab.world.clip_training import AttributeHead, patch_attributes
+def test_tower_states_are_the_hidden_states_of_the_tower():
+    from eadp_lab.labmodels.build import tower_states
+
+    clip = build_clip(TINY_CLIP, seed=2).eval()
+    pixels = pixel_values(np.stack([r.image for r in sample("val", 2, seed=1, grid=None)]))
+    with torch.no_grad():
+        out = clip.vision_model(pixel_values=pixels, output_hidden_states=True)
+        assert torch.allclose(tower_states(clip.vision_model, pixels, 1), out.hidden_states[-2], atol=1e-6)
+        every = tower_states(clip.vision_model, pixels, None, all_states=True)
+        assert len(every) == len(out.hidden_states) and torch.allclose(every[-1], out.last_hidden_state, atol=1e-6)
+
+
+def test_patch_targets_name_the_object_on_each_patch_and_flip_with_the_image():
+    from eadp_lab.labmodels.clip_training import DenseHead, flip_batch, patch_targets
     from eadp_lab.world.grounding import patch_masks
     from eadp_lab.world.words import COLOURS, SHAPES, SIZES
 
     for r in sample("train", 6, seed=5):
         K = len(r.scene.objects)
         masks = patch_masks(r.coverage).reshape(K, -1)
-        got = patch_attributes(r.scene, masks, r.coverage.reshape(K, -1))
-        assert got.shape == (masks.shape[1], 3)
-        assert np.array_equal(got[:, 0] > 0, masks.any(0))  # background exactly where no object is
+        labels, log_area = patch_targets(r.scene, r.coverage)
+        assert labels.shape == (masks.shape[1], 5) and log_area.shape == (masks.shape[1],)
+        assert np.array_equal(labels[:, 0] > 0, masks.any(0))  # background exactly where no object is
+        assert (labels[~masks.any(0), 3:] == -100).all()
         for n in np.flatnonzero(masks.any(0)):
             owners = [k for k in range(K) if masks[k, n]]
-            best = max(owners, key=lambda k: r.coverage.reshape(K, -1)[k, n])
-            o = r.scene.objects[best]
-            assert tuple(got[n]) == (COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1)
-    head = AttributeHead(8)
-    targets = torch.as_tensor(got)[None]
-    loss, acc = head.loss(torch.randn(1, len(got), 8), targets)
-    assert loss.ndim == 0 and torch.isfinite(loss) and acc.shape == (3,)
+            k = max(owners, key=lambda k: r.coverage.reshape(K, -1)[k, n])
+            o = r.scene.objects[k]
+            assert tuple(labels[n, :3]) == (COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1)
+            assert tuple(labels[n, 3:]) == (int(o.y // 6), int(o.x // 6))
+            assert np.isclose(log_area[n], np.log(masks[k].sum()))
+    pixels = torch.arange(2 * 3 * 12 * 12, dtype=torch.float32).view(2, 3, 12, 12)
+    lab = torch.as_tensor(labels[None, :4].repeat(2, 0) * 0 + np.array([1, 1, 1, 0, 1]))  # (2, 4, 5): a 2x2 grid
+    area = torch.arange(8, dtype=torch.float32).view(2, 4)
+    flips = np.array([[True, False], [False, True]])
+    p2, l2, a2 = flip_batch(pixels, lab, area, flips)
+    assert torch.equal(p2[0], pixels[0].flip(1)) and torch.equal(p2[1], pixels[1].flip(2))
+    assert l2[0, :, 3].tolist() == [1, 1, 1, 1] and l2[1, :, 4].tolist() == [0, 0, 0, 0]  # centre cells mirrored
+    assert a2[0].tolist() == [2, 3, 0, 1] and a2[1].tolist() == [5, 4, 7, 6]
+    back = flip_batch(p2, l2, a2, flips)
+    assert torch.equal(back[0], pixels) and torch.equal(back[1], lab) and torch.equal(back[2], area)
+    head = DenseHead(8, 16)
+    loss, acc = head.loss(torch.randn(1, 256, 8), torch.as_tensor(labels)[None], torch.as_tensor(log_area)[None])
+    assert loss.ndim == 0 and torch.isfinite(loss) and acc.shape == (5,)
+
+
+def test_span_positions_squeeze_the_image_and_shift_what_follows():
+    from eadp_lab.labmodels.llava_training import span_positions
+
+    ids = torch.tensor([[PAD, PAD, 7, 8, IMAGE, IMAGE, IMAGE, IMAGE, 9, 10], [7, 8, 9, IMAGE, IMAGE, IMAGE, IMAGE, 9, 10, 11]])
+    mask = (ids != PAD).long()
+    plain = (mask.cumsum(-1) - 1).clamp(min=0).float()
+    assert torch.equal(span_positions(ids, mask), plain)
+    assert torch.equal(span_positions(ids, mask, torch.tensor([4.0, 4.0])), plain)  # the full span changes nothing
+    got = span_positions(ids, mask, torch.tensor([2.0, 1.0]))
+    assert got[0].tolist() == [0, 0, 0, 1, 2, 2.5, 3, 3.5, 4, 5]
+    assert got[1].tolist() == [0, 1, 2, 3, 3.25, 3.5, 3.75, 4, 5, 6]
+
+
+def test_linear_probe_finds_what_is_there_and_not_what_is_not():
+    from eadp_lab.labmodels.probe import fit_probe
+
+    g = np.random.default_rng(0)
+    y = g.integers(0, 4, 600)
+    X = g.normal(size=(600, 16)).astype(np.float32)
+    X[:, 3] += 8.0 * y  # the class is linearly in one feature (classes 8 noise s.d. apart)
+    assert fit_probe(X[:480], y[:480], X[480:], y[480:], 4) > 0.95
+    noise = g.integers(0, 4, 600)
+    assert fit_probe(X[:480], noise[:480], X[480:], noise[480:], 4) < 0.4
+    with pytest.raises(ValueError, match="more scenes"):
+        fit_probe(X[:0], y[:0], X, y, 4)
 
 
 # ---------------------------------------------------------------- the shipped models
@@ -167,10 +266,17 @@ def test_shipped_models_load_offline_with_from_pretrained_and_autoprocessor(monk
         assert torch.equal(a, b), name  # the LLaVA's tower is the CLIP's, bit for bit
     for folder in (CLIP_DIR, LLAVA_DIR):
         card = (folder / "README.md").read_text()
-        assert "## Training" in card and "## Measured figures" in card
+        assert "## Training" in card
         report = json.loads((folder / "training.json").read_text())
         assert {"settings", "history", "figures"} <= set(report)
     assert "FILIP" in (CLIP_DIR / "README.md").read_text()
+    from eadp_lab.methods.settings import clip_similarity_sign
+
+    report = json.loads((CLIP_DIR / "training.json").read_text())
+    declared = clip_similarity_sign(clip)  # the sign the CLIP's own measurement chose, in its config
+    assert declared in (1.0, -1.0) and declared == report["figures"]["sign"]["chosen"]
+    pointing = report["figures"]["sign"]["pointing"]
+    assert pointing["+1" if declared > 0 else "-1"] >= pointing["-1" if declared > 0 else "+1"]
 
 
 def test_shipped_models_fit_the_size_budget():
@@ -182,7 +288,7 @@ def test_shipped_models_fit_the_size_budget():
 def test_training_path_equals_the_generate_path_and_answers_are_words():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from eadp_lab.world.llava_training import answer_logits, cache_features, make_batch
+    from eadp_lab.labmodels.llava_training import answer_logits, cache_features, make_batch
 
     llava = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(LLAVA_DIR)

@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_budget, check_choice
+from ..evaluation import prompt_for
 from ..flops import kv_cache_bytes, prefill_flops
 
 __all__ = [
@@ -217,14 +218,6 @@ def _processor_image_size(processor) -> tuple[int, int]:
     return 336, 336
 
 
-def _prompt(processor, question: str) -> str:
-    image_token = getattr(processor, "image_token", "<image>")
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
-    return f"USER: {image_token}\n{question} ASSISTANT:"
-
-
 def processor_samples(processor, n: int, seed: int = 0) -> list[dict]:
     """``n`` single-sample inputs from ``processor``: a synthetic image of the processor's size
     (seed ``seed + i``) and question ``i`` of :data:`QUESTIONS` in the model's prompt format."""
@@ -232,7 +225,7 @@ def processor_samples(processor, n: int, seed: int = 0) -> list[dict]:
     samples = []
     for i in range(n):
         image = synthetic_image(height, width, seed + i)
-        batch = processor(images=image, text=_prompt(processor, QUESTIONS[i % len(QUESTIONS)]), return_tensors="pt")
+        batch = processor(images=image, text=prompt_for(processor, QUESTIONS[i % len(QUESTIONS)]), return_tensors="pt")
         samples.append(dict(batch))
     return samples
 

@@ -29,23 +29,13 @@ import torch
 from .._checks import check_choice
 from ..config import EADPConfig, preset
 from ..methods import METHODS, PruneInputs, PruneResult, prune
+from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
 from .layouts import ItemLayout, family_of, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
 __all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL", "TEMPLATE_HEAD", "item_inputs",
            "special_token_ids"]
 
-# Paper-faithful defaults (content tokens only) per family and modality.
-DEFAULT_PRESETS = {
-    ("llava", "image"): "llava-1.5",
-    ("llava_next", "image"): "llava-1.6-anyres",
-    ("llava_next_video", "image"): "llava-1.6-anyres",
-    ("llava_onevision", "image"): "llava-1.6-anyres",
-    ("llava_next_video", "video"): "llava-video",
-    ("llava_onevision", "video"): "llava-video",
-    ("qwen2_5_vl", "image"): "qwen2.5-vl-llm",
-    ("qwen2_5_vl", "video"): "llava-video",
-}
 
 # Chat-template text after the instruction, stripped from the prompt before scoring.
 TEMPLATE_TAIL = re.compile(r"\s*(ASSISTANT:|\[/INST\]|(<\|im_start\|>)?\s*assistant)\s*$", re.IGNORECASE)
@@ -79,15 +69,12 @@ class CallRecord:
     seconds: float = 0.0  # time spent scoring and selecting (the method's overhead)
 
 
-def _resolve_settings(method, family, modality, settings):
-    entry = METHODS[method]
+def _resolve_settings(method, family, modality, settings, sign=None):
     if isinstance(settings, dict):
         settings = settings.get(modality)
     if settings is not None:
         return settings
-    if entry.settings is EADPConfig:
-        return preset(DEFAULT_PRESETS[(family, modality)], faithful=True)
-    return entry.settings()
+    return default_settings(method, family, modality, sign)
 
 
 class Pruner:
@@ -140,8 +127,10 @@ class Pruner:
                                  "each prompt's instruction, or set pruner.instructions before each call")
             self.scorer = CLIPScorer(clip, clip_tokenizer, text_positions)
             self.scorer.check_matches(self.inner.vision_tower)
+            self.sign = clip_similarity_sign(clip)  # a CLIP that declares its sign; None: the presets' -1
         else:
             self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, special_token_ids(model))
+            self.sign = None
         self.instructions: list[str] | None = None
         self.history: list[CallRecord] = []
         self._previous_prompt = None
@@ -338,7 +327,7 @@ class Pruner:
                 starts.append(starts[-1] + len(t))
             layouts = item_layouts(self.family, self.inner, modality, [len(t) for t in items], samples,
                                    self._captured.get(modality))
-            settings = _resolve_settings(self.method, self.family, modality, self.settings)
+            settings = _resolve_settings(self.method, self.family, modality, self.settings, self.sign)
             kept_items = []
             for i, (feats, layout) in enumerate(zip(items, layouts)):
                 b = layout.sample
@@ -508,7 +497,9 @@ def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str =
             input embeddings; any model).
         settings: the method's settings (e.g. ``eadp_lab.preset("llava-1.5")``), or a dict
             ``{"image": ..., "video": ...}``; default: the paper-faithful preset of the
-            model family (:data:`DEFAULT_PRESETS`).
+            model family (:data:`DEFAULT_PRESETS`), with the similarity sign the CLIP declares
+            (``eadp_similarity_sign`` in its config, as the lab CLIP does; real CLIPs declare none
+            and keep the published -1).
         **kwargs: ``tokenizer`` (the VLM's, to read each prompt's instruction),
             ``positions`` (``"renumber"`` kept tokens contiguously, or keep the ``"original"``
             1-D positions; Qwen2.5-VL always keeps its 3-D ones), ``newlines`` (AnyRes

@@ -9,7 +9,7 @@ training sequence is one image with a multi-turn conversation of the world's que
 conversation format with the first question before the image, so that the visual tokens of a
 causal language model can read it), so the 256 visual tokens are paid for once per several answers; the
 first turn is exactly the single-turn prompt the model is evaluated with. Questions follow
-the world's mix with yes/no answers balanced. ``python -m eadp_lab.world.train llava``.
+the world's mix with yes/no answers balanced. ``python -m eadp_lab.labmodels.train llava``.
 Taught in ``notebooks/00_tour``.
 
 Shapes: ``B`` sequences per step, ``N`` visual tokens (256), ``C_v`` vision width, ``S``
@@ -25,15 +25,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .captions import caption
-from .config import WorldConfig, YES_NO_QTYPES
-from .lab_models import LlavaSize, build_llava, pixel_values, vision_states
+from ..world.captions import caption
+from ..world.config import WorldConfig, YES_NO_QTYPES
+from .build import LlavaSize, build_llava, pixel_values, tower_states
+from .checkpoint import Checkpoints, step_rng
 from .losses import answer_loss, cosine_schedule
-from .questions import ask
-from .render import render
-from .sample import sample
-from .scenes import sample_scene
-from .seeds import record_rng, run
+from ..world.questions import ask
+from ..world.render import render
+from ..world.sample import sample
+from ..world.scenes import sample_scene
+from ..world.seeds import record_rng, run
 from .tokenizer import BOS, EOS, IMAGE, PAD, vocab_table
 
 __all__ = ["LlavaTraining", "CAPTION_PROMPTS", "cache_features", "conversation", "Batch", "make_batch", "answer_logits",
@@ -45,24 +46,38 @@ class LlavaTraining:
     """How the lab LLaVA is trained (serialised into its folder and model card)."""
 
     seed: int = 0
-    steps: int = 900
+    steps: int = 4000
     batch: int = 32  # conversations (images) per step
-    turns: int = 4  # questions per conversation
+    turns: int = 6  # questions per conversation
     caption_rate: float = 0.3  # conversations that also ask for a caption (dense grounded targets)
     # Curriculum: (fewest objects, most objects, share of steps and images); the last is the full world.
     phases: tuple = ((1, 1, 0.15), (1, 3, 0.25), (3, 7, 0.6))
-    images: int = 12_000  # distinct training scenes (``train`` split; a seed stream apart from the CLIP's)
+    images: int = 16_000  # distinct training scenes (``train`` split; a seed stream apart from the CLIP's)
+    # Position interpolation of the image span (method-neutral: every visual token is kept): in this
+    # share of the conversations the 256 visual tokens' RoPE positions are squeezed evenly into a span
+    # of m positions (m uniform in [span_min, 256], fractional positions) and the text after the image
+    # moves up by 256 - m, so the model cannot tie what it reads to where the image ends.
+    span_rate: float = 0.5
+    span_min: int = 8
+    span_start: float = 0.3  # share of the steps before the squeezing starts (it slows the first learning)
     lr: float = 1e-3
     warmup: int = 60
     weight_decay: float = 0.05
     threads: int = 2
-    bf16: bool = True  # autocast matmuls to bfloat16 (weights, optimiser and cached features: float32/16)
+    bf16: bool = False  # autocast matmuls to bfloat16 (float32: it learned faster in short trials)
     val_questions: int = 600  # single-turn ``val`` questions, checked every ``val_every`` steps
-    val_every: int = 100
+    val_every: int = 200
     size: LlavaSize = field(default_factory=LlavaSize)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlavaTraining":
+        d = dict(d)
+        d["size"] = LlavaSize(**d["size"])
+        d["phases"] = tuple(tuple(p) for p in d["phases"])
+        return cls(**d)
 
 
 @torch.no_grad()
@@ -71,9 +86,9 @@ def cache_features(vision_tower, images: np.ndarray, batch: int = 128, progress:
     from tqdm.auto import tqdm
 
     out = []
+    layers = len(vision_tower.encoder.layers) - 1  # layer -2
     for i in tqdm(range(0, len(images), batch), desc="vision features", disable=not progress):
-        patches, _ = vision_states(vision_tower, pixel_values(images[i : i + batch]))
-        out.append(patches.to(torch.float16))
+        out.append(tower_states(vision_tower, pixel_values(images[i : i + batch]), layers)[:, 1:].to(torch.float16))
     return torch.cat(out)
 
 
@@ -151,7 +166,7 @@ def _ids(words, vocab):
 def make_batch(conversations: list[list[tuple[str, str, str]]], images, n_visual: int, pad_side: str = "right") -> Batch:
     """Sequences ``<s> USER: q1 <image>*N ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...`` and their targets.
 
-    The first question comes before the image (:func:`eadp_lab.world.lab_models.prompt`): the
+    The first question comes before the image (:func:`eadp_lab.labmodels.build.prompt`): the
     visual tokens of a causal language model can then read the question.
 
     Every answer word (a caption has many) and the ``</s>`` after it are targets; nothing else
@@ -193,28 +208,50 @@ def make_batch(conversations: list[list[tuple[str, str, str]]], images, n_visual
                  torch.as_tensor(np.asarray(images)), torch.tensor(first), qtypes)
 
 
-def answer_logits(model, features: torch.Tensor, batch: Batch) -> torch.Tensor:
+def span_positions(ids: torch.Tensor, mask: torch.Tensor, spans: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, S)`` RoPE positions: the padding-aware ``cumsum`` positions, with each sample's image
+    squeezed into ``spans[b]`` positions (float32; ``spans`` ``(B,)``, ``None`` or ``N`` leaves it).
+
+    Visual token ``j`` of ``N`` sits at ``start + j * span / N`` and every token after the image
+    moves by ``span - N``: position interpolation of the image span, the same for every visual
+    token (nothing is dropped).
+    """
+    pos = (mask.cumsum(-1) - 1).clamp(min=0).to(torch.float32)
+    if spans is None:
+        return pos
+    image = ids == IMAGE
+    n = image.sum(-1, keepdim=True).clamp(min=1).to(torch.float32)  # (B, 1)
+    ratio = spans.to(torch.float32)[:, None] / n
+    j = (image.cumsum(-1) - 1).clamp(min=0).to(torch.float32)  # index within the image
+    start = torch.where(image, pos, torch.full_like(pos, float("inf"))).amin(-1, keepdim=True)  # (B, 1)
+    start = torch.where(torch.isinf(start), torch.zeros_like(start), start)
+    after = (pos > start) & ~image & (image.cumsum(-1) == n.long())
+    return torch.where(image, start + j * ratio, torch.where(after, pos + (spans[:, None] - n), pos))
+
+
+def answer_logits(model, features: torch.Tensor, batch: Batch, spans: torch.Tensor | None = None) -> torch.Tensor:
     """``(P, V)`` logits at the scored positions, from cached vision ``features`` ``(B, N, C_v)``.
 
     The same computation as ``model(input_ids, pixel_values)`` (projector, placeholder
-    scatter, language model), without the frozen vision tower.
+    scatter, language model), without the frozen vision tower; ``spans`` ``(B,)``: see
+    :func:`span_positions`.
     """
     inner = model.model
     embeds = inner.get_input_embeddings()(batch.ids)  # (B, S, D)
     visual = inner.multi_modal_projector(features.to(embeds.dtype))  # (B, N, D)
     where = (batch.ids == IMAGE)[..., None].expand_as(embeds)
     embeds = embeds.masked_scatter(where, visual.to(embeds.dtype))
-    position_ids = (batch.mask.cumsum(-1) - 1).clamp(min=0)
     hidden = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask,
-                                  position_ids=position_ids).last_hidden_state  # (B, S, D)
+                                  position_ids=span_positions(batch.ids, batch.mask, spans)).last_hidden_state
     return model.lm_head(hidden[batch.rows, batch.cols])  # (P, V)
 
 
 @torch.no_grad()
-def fast_accuracy(model, features: torch.Tensor, questions, batch: int = 64) -> dict:
+def fast_accuracy(model, features: torch.Tensor, questions, batch: int = 64, span: float | None = None) -> dict:
     """Single-turn accuracy (argmax of the answer word) from cached features.
 
-    ``questions``: ``(image index, question, answer, qtype)`` tuples.
+    ``questions``: ``(image index, question, answer, qtype)`` tuples; ``span``: the image
+    squeezed into this many positions (:func:`span_positions`).
     """
     n_visual = features.shape[1]
     vocab = vocab_table()
@@ -225,7 +262,8 @@ def fast_accuracy(model, features: torch.Tensor, questions, batch: int = 64) -> 
         keep = b.first
         b = Batch(b.ids, b.mask, b.rows[keep], b.cols[keep], b.targets[keep], b.images, b.first[keep],
                   [t for t, k in zip(b.qtypes, keep.tolist()) if k])
-        logits = answer_logits(model, features[b.images].float(), b)
+        spans = None if span is None else torch.full((len(chunk),), float(span))
+        logits = answer_logits(model, features[b.images].float(), b, spans)
         ok = (logits.argmax(-1) == b.targets).tolist()
         hits += ok
         for t, h in zip(b.qtypes, ok):
@@ -272,12 +310,18 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_llava(settings: LlavaTraining, clip_path, out=None, progress: bool = True, log=None) -> tuple:
-    """Train the lab LLaVA on the CLIP saved at ``clip_path``; returns ``(model, history)``."""
+def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | None = None, progress: bool = True,
+                log=None) -> tuple:
+    """Train the lab LLaVA on the CLIP saved at ``clip_path``; returns ``(model, history)``.
+
+    Checkpoints (model, optimiser, step, history) go to ``checkpoints`` every few minutes; a run
+    given the same folder resumes from the last one and ends with the same weights.
+    """
     from tqdm.auto import tqdm
 
     from ..models.scorers import load_clip
 
+    checkpoints = checkpoints or Checkpoints(None)
     torch.set_num_threads(settings.threads)
     clip, _ = load_clip(clip_path, dtype=torch.float32)
     model = build_llava(clip, settings.size, seed=settings.seed)
@@ -306,28 +350,46 @@ def train_llava(settings: LlavaTraining, clip_path, out=None, progress: bool = T
     model.train()
     model.model.vision_tower.eval()
     opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
-    rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(11,)))
-    schedule = []  # per step: (phase, image index)
+    first = 0
+    state = checkpoints.load("llava")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        first, history["log"], history["val"] = state["step"], state["log"], state["val"]
+        history["train_seconds"] = state.get("train_seconds", 0.0)
+    order_rng = np.random.default_rng(np.random.SeedSequence(settings.seed, spawn_key=(11,)))
+    schedule = []  # per step: (phase, image indices)
     for p, (_, scenes, _, steps) in enumerate(phases):
         epochs = max(1, math.ceil(steps * settings.batch / len(scenes)))
-        order = np.concatenate([rng.permutation(len(scenes)) for _ in range(epochs)])
+        order = np.concatenate([order_rng.permutation(len(scenes)) for _ in range(epochs)])
         schedule += [(p, order[i * settings.batch : (i + 1) * settings.batch]) for i in range(steps)]
     n_visual = phases[0][2].shape[1]
-    start = time.perf_counter()
-    bar = tqdm(range(settings.steps), desc="lab LLaVA", disable=not progress)
+    began = time.perf_counter()
+    trainable = [p for g in opt.param_groups for p in g["params"]]
+
+    def snapshot(step):
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": history["log"],
+                "val": history["val"], "train_seconds": history.get("train_seconds", 0.0) + time.perf_counter() - began}
+
+    bar = tqdm(range(first, settings.steps), desc="lab LLaVA", initial=first, total=settings.steps,
+               disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = settings.lr * cosine_schedule(step, settings.steps, settings.warmup)
+        rng = step_rng(settings.seed, 3, step)
         p, idx = schedule[step]
         _, scenes, features, _ = phases[p]
         batch = make_batch([conversation(scenes[i], rng, settings.turns, caption_rate=settings.caption_rate)
                             for i in idx], idx, n_visual)
+        squeeze = (rng.random(len(idx)) < settings.span_rate) & (step >= settings.span_start * settings.steps)
+        spans = torch.as_tensor(np.where(squeeze, rng.uniform(settings.span_min, n_visual, len(idx)), n_visual),
+                                dtype=torch.float32)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-            logits = answer_logits(model, features[batch.images].float(), batch)
+            logits = answer_logits(model, features[batch.images].float(), batch, spans)
         loss = answer_loss(logits, batch.targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         if step % 10 == 0:
             word = batch.first
@@ -340,16 +402,20 @@ def train_llava(settings: LlavaTraining, clip_path, out=None, progress: bool = T
         if (step + 1) % settings.val_every == 0 or step == settings.steps - 1:
             model.eval()
             v = fast_accuracy(model, val_features, val_questions)
+            squeezed = fast_accuracy(model, val_features, val_questions, span=n_visual // 4)
             model.train()
             model.model.vision_tower.eval()
-            history["val"].append({"step": step + 1, **{k: (round(x, 4) if isinstance(x, float) else
-                                                            {t: round(y, 4) for t, y in x.items()})
-                                                        for k, x in v.items()}})
-            bar.write(f"step {step + 1}: val accuracy {v['accuracy']:.3f} " +
-                      " ".join(f"{t}={a:.2f}" for t, a in v["per_type"].items()))
+            history["val"].append({"step": step + 1, "accuracy": round(v["accuracy"], 4),
+                                   "per_type": {t: round(y, 4) for t, y in v["per_type"].items()},
+                                   "accuracy_span_quarter": round(squeezed["accuracy"], 4)})
+            bar.write(f"step {step + 1}: val accuracy {v['accuracy']:.3f} (image in a quarter of the positions: "
+                      f"{squeezed['accuracy']:.3f}) " + " ".join(f"{t}={a:.2f}" for t, a in v["per_type"].items()))
             if log is not None:
                 log(history["val"][-1])
-    history["train_seconds"] = round(time.perf_counter() - start, 1)
+        if checkpoints.due() and step + 1 < settings.steps:
+            checkpoints.save("llava", snapshot(step + 1))
+    history["train_seconds"] = round(history.get("train_seconds", 0.0) + time.perf_counter() - began, 1)
+    checkpoints.save("llava", snapshot(settings.steps))
     fold_standardisation(model.model.multi_modal_projector, mean, std)  # the model now takes raw states
     history["feature_mean_norm"] = round(float(mean.norm()), 3)
     return model.eval(), history

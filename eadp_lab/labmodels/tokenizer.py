@@ -20,7 +20,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from .vocab import vocabulary
+from ..world.vocab import vocabulary
 
 __all__ = ["SPECIALS", "PROMPT_WORDS", "vocab_table", "clip_tokenizer", "llava_tokenizer", "PAD", "UNK", "IMAGE",
            "BOS", "EOS"]

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from .. import scoring
-from .captions import caption
-from .grounding import patch_masks
-from .lab_models import pixel_values, scoring_patches, vision_states
-from .seeds import record_rng
-from .vocab import token_kind
+from ..world.captions import caption
+from ..world.grounding import patch_masks
+from .build import pixel_values, scoring_patches, vision_states
+from ..world.seeds import record_rng
+from ..world.vocab import token_kind
 
-__all__ = ["scoring_embeddings", "token_grounding", "summarise_grounding", "retrieval"]
+__all__ = ["scoring_embeddings", "token_grounding", "summarise_grounding", "by_sign", "grounding_check", "retrieval",
+           "CHECK_KINDS"]
 
 
 @torch.no_grad()
@@ -54,8 +55,9 @@ def token_grounding(clip, tokenizer, records, text: str = "question", temperatur
         signs: similarity signs to compute entropies for (``+1``: the natural one; ``-1``:
             every published EADP preset's ``sigma``).
     Returns:
-        Rows ``{"word", "kind", "grounded", "entropy" (sign +1), "entropy_neg" (sign -1),
-        "hit" (NaN unless the word names objects), "on_object", "chance"}``.
+        Rows ``{"word", "kind", "grounded", "chance", "object_chance"}`` and, at sign +1 (no
+        suffix) and -1 (suffix ``_neg``): ``"entropy"``, ``"hit"`` (does the word's best patch lie on
+        an object it names; NaN unless it names objects) and ``"on_object"`` (on any object).
     """
     from ..models.scorers import CLIPScorer
     from tqdm.auto import tqdm
@@ -73,26 +75,24 @@ def token_grounding(clip, tokenizer, records, text: str = "question", temperatur
         if len(positions) != len(words):
             raise ValueError(f"the tokenizer split {source.text!r} into {len(positions)} words, not {len(words)}")
         S = emb.dense[:, :, positions]  # (1, 1, L, C)
-        entropies = {}
-        for sign in signs:
-            D = scoring.dense_similarity(V[b : b + 1], S, sign)  # (1, N, 1, L)
-            entropies[sign] = scoring.spatial_entropy(D, temperature)[0, 0]  # (L,)
-        D = scoring.dense_similarity(V[b : b + 1], S, 1.0)[0, :, 0]  # (N, L)
         masks = patch_masks(record.coverage)  # (K, gh, gw)
         objects = masks.reshape(len(masks), -1).any(0)  # (N,) patches on any object
-        best = D.argmax(0).numpy()  # (L,)
+        per_sign = {}
+        for sign in signs:
+            D = scoring.dense_similarity(V[b : b + 1], S, sign)  # (1, N, 1, L)
+            per_sign[sign] = (scoring.spatial_entropy(D, temperature)[0, 0].numpy(),  # (L,)
+                              D[0, :, 0].argmax(0).numpy())  # (L,) best patch of each word
         for l, word in enumerate(words):
             refs = source.refs[l]
             named = masks[list(refs)].reshape(len(refs), -1).any(0) if refs else None
-            rows.append({
-                "word": word, "kind": token_kind(word), "grounded": bool(refs),
-                "entropy": float(entropies.get(1.0, torch.full((len(words),), math.nan))[l]),
-                "entropy_neg": float(entropies.get(-1.0, torch.full((len(words),), math.nan))[l]),
-                "hit": float(named[best[l]]) if refs else math.nan,
-                "chance": float(named.mean()) if refs else math.nan,
-                "on_object": float(objects[best[l]]),
-                "object_chance": float(objects.mean()),
-            })
+            row = {"word": word, "kind": token_kind(word), "grounded": bool(refs),
+                   "chance": float(named.mean()) if refs else math.nan, "object_chance": float(objects.mean())}
+            for sign, suffix in ((1.0, ""), (-1.0, "_neg")):
+                entropy, best = per_sign.get(sign, (None, None))
+                row["entropy" + suffix] = float(entropy[l]) if entropy is not None else math.nan
+                row["hit" + suffix] = float(named[best[l]]) if refs and best is not None else math.nan
+                row["on_object" + suffix] = float(objects[best[l]]) if best is not None else math.nan
+            rows.append(row)
     return rows
 
 
@@ -114,10 +114,32 @@ def summarise_grounding(rows: list[dict]) -> dict:
 
     return {kind: {"tokens": len(rs), "entropy": mean([r["entropy"] for r in rs]),
                    "entropy_neg": mean([r["entropy_neg"] for r in rs]),
-                   "pointing": mean([r["hit"] for r in rs]), "pointing_chance": mean([r["chance"] for r in rs]),
+                   "pointing": mean([r["hit"] for r in rs]), "pointing_neg": mean([r["hit_neg"] for r in rs]),
+                   "pointing_chance": mean([r["chance"] for r in rs]),
                    "peak_on_object": mean([r["on_object"] for r in rs]),
+                   "peak_on_object_neg": mean([r["on_object_neg"] for r in rs]),
                    "object_chance": mean([r["object_chance"] for r in rs])}
             for kind, rs in sorted(groups.items())}
+
+
+CHECK_KINDS = ("colour", "shape", "size", "function", "punctuation")
+
+
+def by_sign(summary: dict, kinds=CHECK_KINDS) -> dict:
+    """:func:`summarise_grounding` output regrouped per sign: ``{"+1": {kind: {"entropy", "pointing",
+    "peak_on_object"}}, "-1": {...}}`` (pointing only for kinds that name objects)."""
+    out = {}
+    for sign, suffix in (("+1", ""), ("-1", "_neg")):
+        out[sign] = {k: {"tokens": summary[k]["tokens"], "entropy": summary[k]["entropy" + suffix],
+                         "pointing": summary[k]["pointing" + suffix],
+                         "peak_on_object": summary[k]["peak_on_object" + suffix]}
+                     for k in kinds if k in summary}
+    return out
+
+
+def grounding_check(clip, tokenizer, records) -> dict:
+    """A quick :func:`by_sign` on the questions of ``records`` (logged during training)."""
+    return by_sign(summarise_grounding(token_grounding(clip, tokenizer, records, "question")))
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 from .tokenizer import BOS, EOS, IMAGE, PAD, UNK, llava_tokenizer, vocab_table
 
 __all__ = ["ClipSize", "LlavaSize", "build_clip", "build_llava", "image_processor", "llava_processor",
-           "pixel_values", "vision_states", "scoring_patches", "dense_text", "word_mask", "prompt",
+           "pixel_values", "vision_states", "tower_states", "scoring_patches", "dense_text", "word_mask", "prompt",
            "CLIP_MEAN", "CLIP_STD", "FEATURE_LAYER", "CHAT_TEMPLATE"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIPImageProcessor's defaults (OpenAI CLIP)
@@ -178,6 +178,20 @@ def vision_states(vision_tower, pixels: torch.Tensor) -> tuple[torch.Tensor, tor
     """``(patches, pooled)``: layer -2 states without CLS ``(B, N, C_v)`` and the pooled CLS ``(B, C_v)``."""
     out = vision_tower(pixel_values=pixels, output_hidden_states=True)
     return out.hidden_states[FEATURE_LAYER][:, 1:], out.pooler_output
+
+
+def tower_states(vision_model, pixels: torch.Tensor, layers: int | None = None, all_states: bool = False):
+    """The CLIP vision tower run by hand up to ``layers`` encoder layers (``None``: all).
+
+    Returns the states after those layers ``(B, 1 + N, C_v)`` (CLS first), or with
+    ``all_states`` the list of the input and every layer's output (as ``hidden_states``).
+    ``tower_states(v, x, len(v.encoder.layers) - 1)`` is ``v(x, output_hidden_states=True).hidden_states[-2]``
+    without computing the last layer (checked in the tests).
+    """
+    hidden = [vision_model.pre_layrnorm(vision_model.embeddings(pixels))]
+    for layer in vision_model.encoder.layers[: layers]:
+        hidden.append(layer(hidden[-1], None))
+    return hidden if all_states else hidden[-1]
 
 
 def scoring_patches(clip, patch_states: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,298 @@
+"""Train the lab models: ``python -m eadp_lab.labmodels.train clip|llava [--seed S] [--steps N] [--out DIR]``.
+
+- ``clip``: the tiny CLIP (:mod:`eadp_lab.labmodels.clip_training`), saved with its tokenizer and
+  image processor to ``data/models/lab-clip``, with a model card of measured figures
+  (grounding per word kind, retrieval).
+- ``llava``: the tiny LLaVA on top of the saved CLIP (:mod:`eadp_lab.labmodels.llava_training`),
+  saved with its ``LlavaProcessor`` to ``data/models/lab-llava``, with a model card (held-out
+  accuracy per question type).
+
+Both are reproducible from ``--seed`` (on the same thread count, ``--threads``), show
+progress bars, and write ``training.json`` (settings, history, figures) next to the weights.
+CI loads the shipped folders; it does not retrain. Taught in ``notebooks/00_tour``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "save_clip", "measure_clip", "save_llava", "measure_llava", "DEFAULT_CLIP", "DEFAULT_LLAVA"]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CLIP = ROOT / "data" / "models" / "lab-clip"
+DEFAULT_LLAVA = ROOT / "data" / "models" / "lab-llava"
+DEFAULT_CLIP_GLOBAL = ROOT / "data" / "models" / "lab-clip-global"
+CHECKPOINTS = ROOT / ".cache" / "checkpoints"  # git-ignored
+PROBE_RESULTS = ROOT / "data" / "results" / "probe-lab.json"  # python -m eadp_lab probe --json ...
+# python -m eadp_lab bench accuracy --json ... (renumbered, then --positions original)
+ACCURACY_RESULTS = (ROOT / "data" / "results" / "accuracy-lab.json",
+                    ROOT / "data" / "results" / "accuracy-lab-original-positions.json")
+MEASURE_SEED = 0  # held-out seed of the model cards' figures (the accuracy bench uses fresh ones)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def save_clip(model, tokenizer, out: Path, dtype=torch.float16) -> None:
+    """``save_pretrained`` the CLIP (in ``dtype``), its tokenizer and its image processor."""
+    from .build import image_processor
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    model.float()
+    tokenizer.save_pretrained(out)
+    image_processor(model.config.vision_config.image_size).save_pretrained(out)
+
+
+def measure_clip(model, tokenizer, n: int = 600, progress: bool = True) -> dict:
+    """Grounding (questions and captions) and retrieval on ``n`` held-out records."""
+    from .measure import by_sign, retrieval, summarise_grounding, token_grounding
+    from ..world.sample import sample
+
+    records = sample("heldout", n, seed=MEASURE_SEED, workers=2)
+    figures = {"records": n, "split": "heldout", "seed": MEASURE_SEED}
+    for text in ("question", "caption"):
+        rows = token_grounding(model, tokenizer, records, text=text, progress=progress)
+        figures[f"{text}s"] = summarise_grounding(rows)
+    figures["summary"] = by_sign(figures["questions"])
+    figures["retrieval"] = retrieval(model, tokenizer, records, seed=MEASURE_SEED)
+    return figures
+
+
+def _checkpoints(args, name: str):
+    from .checkpoint import Checkpoints
+
+    folder = None if args.checkpoints == "none" else Path(args.checkpoints or CHECKPOINTS / name)
+    return Checkpoints(folder, every=args.checkpoint_every)
+
+
+def _clip(args, control: bool = False) -> int:
+    from .clip_training import ClipTraining, control_settings, train_clip
+    from ..models.scorers import load_clip
+
+    settings = ClipTraining()
+    if control:
+        settings = control_settings(settings)
+    changes = {k: v for k, v in (("seed", args.seed), ("threads", args.threads)) if v is not None}
+    if args.steps is not None:
+        changes["align_steps"] = args.steps
+    if args.dense_steps is not None and not control:
+        changes["dense_steps"] = args.dense_steps
+    if args.images is not None:
+        changes["images"] = args.images
+        changes["align_images"] = min(settings.align_images, args.images)
+    settings = replace(settings, **changes)
+    out = Path(args.out or (DEFAULT_CLIP_GLOBAL if control else DEFAULT_CLIP))
+    start = time.perf_counter()
+    if not args.measure_only:
+        model, tokenizer, history = train_clip(settings, _checkpoints(args, "lab-clip-global" if control else "lab-clip"))
+        save_clip(model, tokenizer, out)
+        history["total_train_seconds"] = round(time.perf_counter() - start, 1)
+        _write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
+                                            "command": _command("clip-global" if control else "clip")})
+    report = json.loads((out / "training.json").read_text())
+    model, tokenizer = load_clip(out, dtype=torch.float32)  # measure what ships (float16 weights, as float32)
+    report["figures"] = measure_clip(model, tokenizer)
+    report["figures"]["sign"] = declare_sign(out, report["figures"]["questions"]["grounded"])
+    report["control"] = control
+    _write_json(out / "training.json", report)
+    write_clip_card(out)
+    print(json.dumps({"figures": report["figures"]["summary"], "train_seconds": report["history"].get("total_train_seconds")},
+                     indent=1))
+    return 0
+
+
+def declare_sign(folder: Path, grounded: dict) -> dict:
+    """Write into ``folder/config.json`` the similarity sign at which the CLIP's grounded words
+    (colour, shape, size words naming objects) point at their objects more often; returns the
+    decision and the two hit rates."""
+    from ..methods.settings import SIGN_KEY
+
+    pointing = {"+1": grounded["pointing"], "-1": grounded["pointing_neg"]}
+    chosen = 1.0 if pointing["+1"] >= pointing["-1"] else -1.0
+    config = json.loads((folder / "config.json").read_text())
+    config[SIGN_KEY] = chosen
+    tmp = folder / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
+    os.replace(tmp, folder / "config.json")
+    return {"chosen": chosen, "pointing": pointing, "words": grounded["tokens"]}
+
+
+def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
+    """(Re)write a lab CLIP's ``README.md`` from its ``training.json`` (with the probe report and,
+    for the main CLIP, the control's figures when they exist)."""
+    from .cards import clip_card
+
+    report = json.loads((folder / "training.json").read_text())
+    probe_path = probe_path or PROBE_RESULTS
+    probe = json.loads(probe_path.read_text()) if probe_path.exists() and not report.get("control") else None
+    control_json = DEFAULT_CLIP_GLOBAL / "training.json"
+    control = (json.loads(control_json.read_text()) if control_json.exists() and not report.get("control")
+               and folder.resolve() != DEFAULT_CLIP_GLOBAL.resolve() else None)
+    if control is not None and "figures" not in control:
+        control = None
+    (folder / "README.md").write_text(clip_card(report, probe, control))
+
+
+def write_llava_card(folder: Path) -> None:
+    """(Re)write the lab LLaVA's ``README.md`` from its ``training.json`` and, for the shipped
+    model, the accuracy bench's reports in ``data/results/`` (renumbered and original positions)."""
+    from .cards import llava_card, pruning_section
+
+    report = json.loads((folder / "training.json").read_text())
+    shipped = folder.resolve() == DEFAULT_LLAVA.resolve()
+    runs = [json.loads(p.read_text()) if shipped and p.exists() else None for p in ACCURACY_RESULTS]
+    report["pruning"] = pruning_section(*runs)
+    (folder / "README.md").write_text(llava_card(report))
+
+
+def _command(name: str) -> str:
+    return f"python -m eadp_lab.labmodels.train {name} " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+
+
+def save_llava(model, out: Path, dtype=torch.float16) -> None:
+    """``save_pretrained`` the LLaVA (in ``dtype``) and its ``LlavaProcessor``."""
+    from .build import llava_processor
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    model.float()
+    vision = model.config.vision_config
+    llava_processor(vision.image_size, vision.patch_size).save_pretrained(out)
+
+
+def measure_llava(path: Path, n: int = 2000, progress: bool = True) -> dict:
+    """Held-out accuracy with every visual token, through ``generate`` on the saved folder, per
+    question type, beside each type's majority-answer rate on the same questions (its chance)."""
+    from collections import Counter
+
+    from ..evaluation import evaluate, lab_questions, load
+
+    model, processor, _, _ = load(path)
+    questions = lab_questions(n, MEASURE_SEED)
+    result = evaluate(model, processor, questions, "none", 10**6, scoring="llm")  # "none" scores nothing
+    per_type = result["per_type"]
+    for qtype, row in per_type.items():
+        answers = Counter(q.answer for q in questions if q.qtype == qtype)
+        row["majority"] = round(answers.most_common(1)[0][1] / sum(answers.values()), 4)
+    return {"questions": n, "split": "heldout", "seed": MEASURE_SEED, "accuracy": result["accuracy"],
+            "per_type": per_type}
+
+
+def llava_recipe(settings, history: dict) -> str:
+    """The training recipe of the card, from the settings and the history."""
+    phases = "; ".join(f"{p['steps']} steps on {p['images']} scenes of {p['objects'][0]} to {p['objects'][1]} objects"
+                       for p in history["phases"])
+    val = history["val"][-1] if history.get("val") else None
+    return (f"- Data: the world's `train` split (seed {settings.seed}, scenes apart from the CLIP's), a curriculum "
+            f"of three phases: {phases}. The vision features (layer -2, CLS dropped) are computed once per scene "
+            f"and cached.\n"
+            f"- Each sequence is one image and a conversation of {settings.turns} questions in the world's mix "
+            f"(yes/no answers balanced), the first asked before the image, the others after it; with probability "
+            f"{settings.caption_rate} one more turn asks for a caption (dense, grounded next-word prediction). "
+            f"Loss: next-token cross-entropy on the answer words and their `</s>` only.\n"
+            f"- **Position interpolation of the image span.** From step {round(settings.span_start * settings.steps)} "
+            f"on (it slows the first learning), in a share {settings.span_rate} of the conversations "
+            f"the 256 visual tokens' RoPE positions are squeezed evenly into a span of m positions (m uniform in "
+            f"[{settings.span_min}, 256], fractional positions: token j at start + j m / 256) and every token after "
+            f"the image moves up by 256 - m; the others keep the plain positions. Pruned LLaVA-family models see "
+            f"their kept tokens renumbered contiguously, so the text after the image comes earlier than the model "
+            f"was trained to expect; a small model trained only at the full span learns to read the answer's "
+            f"position as a cue (the previous lab LLaVA fell from 39% to about 22% at 64 renumbered tokens). "
+            f"**Why this cannot favour a method:** every visual token is kept and moved alike, in the same raster "
+            f"order, whatever it shows; no token is ever dropped in training, so no selection rule (random "
+            f"subsets included) is ever seen.\n"
+            f"- Trained: the projector and the language model (the vision tower is frozen); AdamW lr {settings.lr}, "
+            f"{settings.warmup} warm-up steps then cosine decay, batch {settings.batch}, {settings.steps} steps, "
+            f"bfloat16 autocast = {settings.bf16}. The projector is trained on standardised features and the "
+            f"standardisation folded into its first layer afterwards, so the saved model takes the raw features.\n"
+            + (f"- Validation (`val` split, {settings.val_questions} questions, argmax of the answer word) at step "
+               f"{val['step']}: {val['accuracy']:.1%} (with the image squeezed into a quarter of its positions: "
+               f"{val.get('accuracy_span_quarter', float('nan')):.1%})." if val else ""))
+
+
+def llava_notes(history: dict, figures: dict) -> str:
+    """The card's notes: the validation curve, and held-out accuracy against chance per type (computed)."""
+    rows = ["| step | val accuracy | image in a quarter of its positions |", "| ---: | ---: | ---: |"] + [
+        f"| {v['step']} | {v['accuracy']:.1%} | {v.get('accuracy_span_quarter', float('nan')):.1%} |"
+        for v in history.get("val", [])]
+    per_type = figures["per_type"]
+    worst = min(per_type, key=lambda t: per_type[t]["accuracy"])
+    overall = figures["accuracy"]
+    verdict = (f"Overall {overall:.1%} with every visual token (target: at least 90%, "
+               f"{'met' if overall >= 0.9 else 'missed'}); the weakest type is `{worst}` at "
+               f"{per_type[worst]['accuracy']:.1%} (target: at least 80% on every type, "
+               f"{'met' if per_type[worst]['accuracy'] >= 0.8 else 'missed'}). Chance is each type's "
+               f"majority-answer rate on these questions (the table's last column).")
+    return "### Validation during training\n\n" + "\n".join(rows) + "\n\n### Reading these figures\n\n" + verdict + "\n"
+
+
+def _llava(args) -> int:
+    from .llava_training import LlavaTraining, train_llava
+
+    settings = LlavaTraining()
+    changes = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("threads", args.threads)) if v is not None}
+    if args.images is not None:
+        changes["images"] = args.images
+    settings = replace(settings, **changes)
+    out = Path(args.out or DEFAULT_LLAVA)
+    clip_path = Path(args.clip or DEFAULT_CLIP)
+    start = time.perf_counter()
+    if not args.measure_only:
+        model, history = train_llava(settings, clip_path, _checkpoints(args, "lab-llava"))
+        save_llava(model, out)
+        history["total_train_seconds"] = round(time.perf_counter() - start, 1)
+        _write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
+                                            "command": _command("llava"), "clip": str(clip_path)})
+    report = json.loads((out / "training.json").read_text())
+    report["figures"] = measure_llava(out)
+    settings = LlavaTraining.from_dict(report["settings"])
+    report["recipe"] = llava_recipe(settings, report["history"])
+    report["notes"] = llava_notes(report["history"], report["figures"])
+    _write_json(out / "training.json", report)
+    write_llava_card(out)
+    print(json.dumps({"figures": report["figures"], "train_seconds": report["history"].get("total_train_seconds")},
+                     indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eadp_lab.labmodels.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=("clip", "clip-global", "llava"))
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped setting)")
+    parser.add_argument("--out", default=None, help="output folder (default data/models/lab-clip or lab-llava)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2; results depend on it)")
+    parser.add_argument("--clip", default=None, help="llava: the lab CLIP folder (default data/models/lab-clip)")
+    parser.add_argument("--dense-steps", type=int, default=None, help="clip: steps of stage 1 (dense pre-training)")
+    parser.add_argument("--images", type=int, default=None, help="clip: training scenes (default 40000)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="checkpoint folder (default .cache/checkpoints/<model>; 'none' to keep none); "
+                             "a run resumes from it")
+    parser.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between checkpoints")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure the saved folder and rewrite its card (no training)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.seed is not None and args.seed < 0:
+        parser.error("--seed must be >= 0")
+    if args.model == "llava":
+        return _llava(args)
+    return _clip(args, control=args.model == "clip-global")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
