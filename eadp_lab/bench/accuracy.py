@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import (LAB_CLIP, LAB_LLAVA, Question, evaluate, file_questions, first_word, lab_questions,  # noqa: F401
+from ..evaluation import (LAB_CLIP, LAB_LLAVA, ROOT, Question, evaluate, file_questions, first_word, lab_questions,  # noqa: F401
                           load, load_results, markdown_table, named_kept, per_type_frame, positions_gap, prompt_for,
                           results_frame)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
