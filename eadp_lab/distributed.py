@@ -33,10 +33,11 @@ compete for cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Sequence
+
+from ._io import write_json
 
 __all__ = ["process_state", "single_process_warning", "shard_map", "demo_items", "demo", "main"]
 
@@ -187,10 +188,7 @@ def main(argv=None) -> int:
             print(f"item {r['item']:>3} (process {r['process']}): budget {r['budget']:>3} kept {r['kept']:>3} "
                   f"answer {r['answer']}")
         if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(payload, fh, indent=2)
-            os.replace(tmp, args.json)
+            write_json(args.json, payload, indent=2)
     if state.num_processes > 1:
         state.wait_for_everyone()
         state.destroy_process_group()

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from .._io import write_json
 from ..evaluation import (LAB_CLIP, LAB_LLAVA, ROOT, Question, evaluate, file_questions, first_word, lab_questions,  # noqa: F401
                           load, load_results, markdown_table, named_kept, per_type_frame, positions_gap, prompt_for,
                           results_frame)
@@ -116,12 +115,6 @@ def _csv_methods(text: str) -> list[str]:
     return names
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eadp_lab bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,7 +182,7 @@ def main(argv=None) -> int:
             "seconds": round(time.perf_counter() - start, 1),
             "command": "python -m eadp_lab bench accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         }
-        _write_json(Path(args.json), report)
+        write_json(args.json, report)
     return 0
 
 

@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_budget, check_choice
+from .._io import write_json as _write_json
 from ..evaluation import prompt_for
 from ..flops import kv_cache_bytes, prefill_flops
 
@@ -689,12 +690,7 @@ def format_table(result: dict) -> str:
 
 def write_json(path, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically (``path + ".tmp"``, then ``os.replace``)."""
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    _write_json(path, payload, indent=2)
 
 
 def _rows(rows_or_json_path) -> list[dict]:

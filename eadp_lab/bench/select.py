@@ -14,7 +14,6 @@ the picks are identical and both objective values.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ import time
 
 import torch
 
+from .._io import write_json
 from ..select import coverage, coverage_similarity, facility_location, facility_location_naive
 
 __all__ = ["clustered_case", "run", "main"]
@@ -109,8 +109,5 @@ def main(argv=None) -> int:
               f"{r['speedup']:>8.1f}x | {r['torch_path_ms']:>8.2f} ms {r['torch_path_speedup']:>8.1f}x | "
               f"{str(r['identical_picks']):>10} {r['objective_naive'][0]:>12.4f} {'=' if same_obj else '!='}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"rows": rows}, fh, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, {"rows": rows}, indent=2)
     return 0

@@ -104,7 +104,6 @@ images, AdamW lr {s['lr']}, {s['warmup']} warm-up steps then cosine decay. It is
 sign flip the published EADP code corrects with σ = −1, and noisy function words)?"""
     else:
         dense = h.get("dense", {})
-        last = dense.get("log", [{}])[-1]
         training = f"""Two stages, one command.
 
 1. **Dense pre-training of the vision tower** ({s['dense_steps']} steps of {s['dense_batch']} images,

@@ -53,7 +53,7 @@ from .build import ClipSize, build_clip, dense_text, pixel_values, tower_states,
 from .checkpoint import Checkpoints, step_rng
 from .losses import contrastive_loss, cosine_schedule, filip_loss, grounding_loss
 
-__all__ = ["ClipTraining", "control_settings", "clip_texts", "grounded_targets", "patch_targets", "flip_batch",
+__all__ = ["ClipTraining", "control_settings", "attribute_classes", "clip_texts", "grounded_targets", "patch_targets", "flip_batch",
            "DenseHead", "train_clip", "TARGETS"]
 
 TARGETS = ("colour", "shape", "size", "row", "col", "area")
@@ -108,6 +108,11 @@ def control_settings(settings: ClipTraining = ClipTraining(), steps: int = 1000)
 
 # --------------------------------------------------------------------------------------------- targets
 
+def attribute_classes(obj) -> tuple[int, int, int]:
+    """An object's colour, shape and size classes, 1-based into ``COLOURS``, ``SHAPES``, ``SIZES`` (0 is background)."""
+    return COLOURS.index(obj.colour) + 1, SHAPES.index(obj.shape) + 1, SIZES.index(obj.size) + 1
+
+
 def patch_targets(scene, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Dense labels of one image from its objects' patch coverage.
 
@@ -134,9 +139,8 @@ def patch_targets(scene, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     owner = np.where(mask, flat, -1.0).argmax(0)  # (N,)
     on = mask.any(0)
     patch = scene.width / coverage.shape[2]
-    table = np.array([[COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1,
-                       min(int(o.y // patch), coverage.shape[1] - 1), min(int(o.x // patch), coverage.shape[2] - 1)]
-                      for o in scene.objects])
+    table = np.array([[*attribute_classes(o), min(int(o.y // patch), coverage.shape[1] - 1),
+                       min(int(o.x // patch), coverage.shape[2] - 1)] for o in scene.objects])
     labels[on] = table[owner[on]]
     log_area[on] = np.log(mask.sum(1))[owner[on]]
     return labels, log_area

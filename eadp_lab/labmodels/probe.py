@@ -25,14 +25,14 @@ Shapes: ``M`` examples, ``C`` feature width, ``K`` classes.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._io import write_json
 
 __all__ = ["ATTRIBUTES", "probe_examples", "fit_probe", "linear_probes", "alignment", "run", "main"]
 
@@ -49,7 +49,7 @@ def probe_examples(vision_tower, records, batch: int = 100) -> dict:
     """
     from ..world.grounding import patch_masks
     from .build import pixel_values, tower_states
-    from .clip_training import patch_targets
+    from .clip_training import attribute_classes, patch_targets
 
     layers = len(vision_tower.encoder.layers) - 1
     out = {"per_patch": ([], [], []), "object": ([], [], [])}
@@ -68,16 +68,10 @@ def probe_examples(vision_tower, records, batch: int = 100) -> dict:
             for k, obj in enumerate(r.scene.objects):
                 if masks[k].any():
                     X.append(states[j][torch.as_tensor(masks[k])].mean(0, keepdim=True).numpy())
-                    y.append(_classes(obj))
+                    y.append(np.array([attribute_classes(obj)]) - 1)
                     s.append(np.array([i + j]))
     return {k: (np.concatenate(X).astype(np.float32), np.concatenate(y).astype(np.int64), np.concatenate(s))
             for k, (X, y, s) in out.items()}
-
-
-def _classes(obj) -> np.ndarray:
-    from ..world.words import COLOURS, SHAPES, SIZES
-
-    return np.array([[COLOURS.index(obj.colour), SHAPES.index(obj.shape), SIZES.index(obj.size)]])
 
 
 def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
@@ -176,9 +170,7 @@ def main(argv=None) -> int:
     report["command"] = "python -m eadp_lab probe " + " ".join(sys.argv[2:] if argv is None else argv)
     print(_summary(report))
     if args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        write_json(args.json, report)
     return 0
 
 

@@ -1,14 +1,18 @@
-"""Train the lab models: ``python -m eadp_lab.labmodels.train clip|llava [--seed S] [--steps N] [--out DIR]``.
+"""Train the lab models: ``python -m eadp_lab.labmodels.train clip|clip-global|llava [--seed S] [--steps N] [--out DIR]``.
 
 - ``clip``: the tiny CLIP (:mod:`eadp_lab.labmodels.clip_training`), saved with its tokenizer and
   image processor to ``data/models/lab-clip``, with a model card of measured figures
-  (grounding per word kind, retrieval).
+  (grounding per word kind at both similarity signs, retrieval) and the sign it localises at
+  written into its ``config.json``.
+- ``clip-global``: the control CLIP (global contrastive loss alone, same data), to
+  ``data/models/lab-clip-global``.
 - ``llava``: the tiny LLaVA on top of the saved CLIP (:mod:`eadp_lab.labmodels.llava_training`),
   saved with its ``LlavaProcessor`` to ``data/models/lab-llava``, with a model card (held-out
   accuracy per question type).
 
-Both are reproducible from ``--seed`` (on the same thread count, ``--threads``), show
-progress bars, and write ``training.json`` (settings, history, figures) next to the weights.
+All are reproducible from ``--seed`` (on the same thread count, ``--threads``), show
+progress bars, checkpoint to ``.cache/checkpoints/<model>`` (a rerun resumes there), and write
+``training.json`` (settings, history, figures) next to the weights.
 CI loads the shipped folders; it does not retrain. Taught in ``notebooks/00_tour``.
 """
 
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from .._io import write_json
 
 __all__ = ["main", "save_clip", "measure_clip", "save_llava", "measure_llava", "DEFAULT_CLIP", "DEFAULT_LLAVA"]
 
@@ -36,12 +41,6 @@ PROBE_RESULTS = ROOT / "data" / "results" / "probe-lab.json"  # python -m eadp_l
 ACCURACY_RESULTS = (ROOT / "data" / "results" / "accuracy-lab.json",
                     ROOT / "data" / "results" / "accuracy-lab-original-positions.json")
 MEASURE_SEED = 0  # held-out seed of the model cards' figures (the accuracy bench uses fresh ones)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def save_clip(model, tokenizer, out: Path, dtype=torch.float16) -> None:
@@ -99,14 +98,14 @@ def _clip(args, control: bool = False) -> int:
         model, tokenizer, history = train_clip(settings, _checkpoints(args, "lab-clip-global" if control else "lab-clip"))
         save_clip(model, tokenizer, out)
         history["total_train_seconds"] = round(time.perf_counter() - start, 1)
-        _write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
+        write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
                                             "command": _command("clip-global" if control else "clip")})
     report = json.loads((out / "training.json").read_text())
     model, tokenizer = load_clip(out, dtype=torch.float32)  # measure what ships (float16 weights, as float32)
     report["figures"] = measure_clip(model, tokenizer)
     report["figures"]["sign"] = declare_sign(out, report["figures"]["questions"]["grounded"])
     report["control"] = control
-    _write_json(out / "training.json", report)
+    write_json(out / "training.json", report)
     write_clip_card(out)
     print(json.dumps({"figures": report["figures"]["summary"], "train_seconds": report["history"].get("total_train_seconds")},
                      indent=1))
@@ -123,9 +122,7 @@ def declare_sign(folder: Path, grounded: dict) -> dict:
     chosen = 1.0 if pointing["+1"] >= pointing["-1"] else -1.0
     config = json.loads((folder / "config.json").read_text())
     config[SIGN_KEY] = chosen
-    tmp = folder / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
-    os.replace(tmp, folder / "config.json")
+    write_json(folder / "config.json", config, indent=2, sort_keys=True)  # as save_pretrained writes it
     return {"chosen": chosen, "pointing": pointing, "words": grounded["tokens"]}
 
 
@@ -138,10 +135,10 @@ def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
     probe_path = probe_path or PROBE_RESULTS
     probe = json.loads(probe_path.read_text()) if probe_path.exists() and not report.get("control") else None
     control_json = DEFAULT_CLIP_GLOBAL / "training.json"
-    control = (json.loads(control_json.read_text()) if control_json.exists() and not report.get("control")
-               and folder.resolve() != DEFAULT_CLIP_GLOBAL.resolve() else None)
-    if control is not None and "figures" not in control:
-        control = None
+    control = None
+    if not report.get("control") and control_json.exists():  # the main CLIP's card shows the control's figures
+        control = json.loads(control_json.read_text())
+        control = control if "figures" in control else None  # trained but not yet measured
     (folder / "README.md").write_text(clip_card(report, probe, control))
 
 
@@ -253,14 +250,14 @@ def _llava(args) -> int:
         model, history = train_llava(settings, clip_path, _checkpoints(args, "lab-llava"))
         save_llava(model, out)
         history["total_train_seconds"] = round(time.perf_counter() - start, 1)
-        _write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
+        write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
                                             "command": _command("llava"), "clip": str(clip_path)})
     report = json.loads((out / "training.json").read_text())
     report["figures"] = measure_llava(out)
     settings = LlavaTraining.from_dict(report["settings"])
     report["recipe"] = llava_recipe(settings, report["history"])
     report["notes"] = llava_notes(report["history"], report["figures"])
-    _write_json(out / "training.json", report)
+    write_json(out / "training.json", report)
     write_llava_card(out)
     print(json.dumps({"figures": report["figures"], "train_seconds": report["history"].get("total_train_seconds")},
                      indent=1))
@@ -272,12 +269,12 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", choices=("clip", "clip-global", "llava"))
     parser.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped setting)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (clip: of stage 2; default: the recipe's)")
     parser.add_argument("--out", default=None, help="output folder (default data/models/lab-clip or lab-llava)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2; results depend on it)")
     parser.add_argument("--clip", default=None, help="llava: the lab CLIP folder (default data/models/lab-clip)")
     parser.add_argument("--dense-steps", type=int, default=None, help="clip: steps of stage 1 (dense pre-training)")
-    parser.add_argument("--images", type=int, default=None, help="clip: training scenes (default 40000)")
+    parser.add_argument("--images", type=int, default=None, help="training scenes (default: the recipe's)")
     parser.add_argument("--checkpoints", default=None,
                         help="checkpoint folder (default .cache/checkpoints/<model>; 'none' to keep none); "
                              "a run resumes from it")

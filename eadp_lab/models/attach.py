@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_choice
-from ..config import EADPConfig, preset
+from ..config import EADPConfig
 from ..methods import METHODS, PruneInputs, PruneResult, prune
 from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
 from .layouts import ItemLayout, family_of, item_layouts
