@@ -48,7 +48,7 @@ book: venv-book
 notebooks: venv-book
 	$(PY) book/build.py execute $(if $(NB),--notebooks $(NB))
 
-## bench: the facility-location benchmark (fast greedy against the published loop)
+## bench: the selection benchmark (fast greedy, DivPrune and CDPruner against the published loops)
 bench: venv
 	$(PY) -m eadp_lab.bench select
 

@@ -1,12 +1,36 @@
-"""Run EADP on a test-vector case in the published code's format (``shared/reference/``).
+"""Run a method on a test-vector case made with its authors' code, and compare.
 
     python -m eadp_lab.reference run SETTINGS.json INPUTS.safetensors OUT.safetensors
+    python -m eadp_lab.reference check SETTINGS.json CASE.safetensors
 
-reads only the inputs (``image_embeds`` if present, ``image_features``, ``text_embeds``,
-``text_embeds_seq``) and the settings, and writes ``importance``, ``select_idx`` (pick
-order), and ``token_quotas`` and ``keep_mask`` (LLaVA track) or ``pruned_features``
-(Qwen track). ``python -m eadp_lab.reference check SETTINGS.json CASE.safetensors`` runs
-a case and compares with the expected tensors stored beside its inputs.
+A case is a pair: ``NAME.json`` (settings) and ``NAME.safetensors`` (inputs, and the expected
+outputs beside them). ``run`` reads only the inputs and the settings and writes the outputs;
+``check`` runs a case and lists what differs beyond the tolerances. The JSON's ``track`` picks
+the method (shapes: ``R`` rows, i.e. images or the crops of one image, ``N`` tokens per row,
+``D`` feature width, ``C`` CLIP width, ``M`` text queries, ``L`` text positions, ``T`` picks):
+
+- ``llava`` and ``qwen_llm_space`` (EADP; the default track): inputs ``image_embeds``
+  ``(R, N, C)`` (LLaVA only), ``image_features`` ``(R, N, D)``, ``text_embeds`` ``(M, C)``,
+  ``text_embeds_seq`` ``(M, L, C)``; outputs ``importance`` ``(R, N)``, ``select_idx``
+  ``(R, T)`` (pick order; with per-crop quotas only the first ``token_quotas[r]`` of a row
+  count), and ``token_quotas`` ``(R,)`` and ``keep_mask`` ``(R, N)`` (LLaVA) or
+  ``pruned_features`` ``(sum kept, D)`` (Qwen). Settings: EADP's fields (see
+  ``tests/reference/README.md``).
+- ``divprune``: input ``image_features`` ``(R, N, D)``; output ``select_idx`` in pick order.
+  ``scope`` ``"row"``: ``budget`` picks in each row, ``(R, T)``; ``"image"``: ``budget`` picks
+  jointly over all ``R`` rows of one image (the authors' LLaVA-1.6 rule), ``(1, T)``, as
+  indices into the rows flattened, ``row * N + n``.
+- ``cdpruner``: inputs ``image_features`` ``(R, N, D)`` (the DPP's similarity),
+  ``image_embeds`` ``(R, N, C)`` and ``text_embeds`` ``(M, C)`` (the relevance); outputs
+  ``relevance`` ``(R, N)`` (the negated cosine averaged over the queries, min-max normalised
+  jointly over all ``R`` rows as ``(s - min + 1e-6) / (max - min)``), ``select_idx``
+  ``(R, T)`` (``budget_per_row`` greedy MAP picks per row, pick order) and ``keep_mask``
+  ``(R, N)``. The kernel is ``q_i cos(f_i, f_j) q_j`` with no further reweighting.
+
+The baselines run as their authors' code does: with the similarities in the inputs' dtype
+(``precision="input"``; the same as the lab's float32 default on float32 vectors).
+Tolerances: ``select_idx`` (its counted prefix), ``token_quotas`` and ``keep_mask`` identical;
+``importance`` and ``relevance`` within 1e-5 absolute. Unknown settings are an error.
 """
 
 from __future__ import annotations
@@ -20,10 +44,21 @@ import torch
 
 from .config import EADPConfig
 from .methods import PruneInputs, prune
+from .methods.base import precision_dtype
+from .methods.cdpruner import CDPrunerSettings
+from .methods.divprune import DivPruneSettings, image_max_min_diversity
 
-__all__ = ["config_from_settings", "run_case", "compare_case", "INPUT_NAMES"]
+__all__ = ["config_from_settings", "run_case", "compare_case", "INPUT_NAMES", "TRACKS"]
 
 INPUT_NAMES = ("image_embeds", "image_features", "text_embeds", "text_embeds_seq")
+TRACKS = ("llava", "qwen_llm_space", "divprune", "cdpruner")
+
+# The baseline tracks' settings: what they set, and what only describes the case.
+_BASELINE_KEYS = {
+    "divprune": ("track", "rows", "grid", "scope", "budget", "budget_meaning", "select_idx", "note"),
+    "cdpruner": ("track", "rows", "grid", "budget_per_row", "text_queries", "relevance", "kernel", "note"),
+}
+_SCOPES = {"row": "per_row", "image": "per_image"}
 
 _NORMALISATION = {
     "min-max per image": "per_row",
@@ -65,14 +100,77 @@ def _budget(settings: dict) -> int:
     raise ValueError("settings give neither budget_per_crop nor budget")
 
 
+def _require(tensors: dict, names: tuple[str, ...]) -> None:
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(f"the case's inputs lack {missing}")
+
+
+def _baseline_features(settings: dict, tensors: dict) -> torch.Tensor:
+    """``image_features`` ``(R, N, D)`` of a baseline case, checked against its settings."""
+    track = settings["track"]
+    unknown = set(settings) - set(_BASELINE_KEYS[track])
+    if unknown:
+        raise ValueError(f"unknown settings in the {track} case: {sorted(unknown)}")
+    features = tensors["image_features"]
+    if features.ndim != 3:
+        raise ValueError(f"image_features must have shape (R, N, D), got {tuple(features.shape)}")
+    R, N, _ = features.shape
+    if "rows" in settings and int(settings["rows"]) != R:
+        raise ValueError(f"the settings give {settings['rows']} rows but image_features has {R}")
+    if "grid" in settings and int(settings["grid"][0]) * int(settings["grid"][1]) != N:
+        raise ValueError(f"grid {settings['grid']} does not hold the N = {N} tokens of a row")
+    return features
+
+
+def _setting(settings: dict, key: str) -> int:
+    if key not in settings:
+        raise ValueError(f"the {settings['track']} case gives no {key!r}")
+    return int(settings[key])
+
+
+def _run_divprune(settings: dict, tensors: dict) -> dict[str, torch.Tensor]:
+    _require(tensors, ("image_features",))
+    features = _baseline_features(settings, tensors)
+    scope = settings.get("scope", "row")
+    if scope not in _SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {sorted(_SCOPES)}")
+    budget = _setting(settings, "budget")
+    if scope == "image":
+        picks = image_max_min_diversity(features, budget, dtype=precision_dtype("input"))[None]
+    else:
+        inputs = PruneInputs(features=features, rows_per_image=(1,) * features.shape[0])
+        picks = prune("divprune", inputs, budget, DivPruneSettings(scope="per_row", precision="input")).picks
+    return {"select_idx": picks.long().contiguous()}
+
+
+def _run_cdpruner(settings: dict, tensors: dict) -> dict[str, torch.Tensor]:
+    _require(tensors, ("image_features", "image_embeds", "text_embeds"))
+    features = _baseline_features(settings, tensors)
+    text = tensors["text_embeds"]
+    if text.ndim != 2:
+        raise ValueError(f"text_embeds must have shape (M, C), got {tuple(text.shape)}")
+    if "text_queries" in settings and int(settings["text_queries"]) != text.shape[0]:
+        raise ValueError(f"the settings give {settings['text_queries']} text queries "
+                         f"but text_embeds has {text.shape[0]}")
+    inputs = PruneInputs(features=features, image_embeds=tensors["image_embeds"], text_embeds=text[None],
+                         rows_per_image=(features.shape[0],))
+    result = prune("cdpruner", inputs, _setting(settings, "budget_per_row"),
+                   CDPrunerSettings(normalisation="per_image", precision="input"))
+    return {"relevance": result.importance.float().contiguous(), "select_idx": result.picks.long().contiguous(),
+            "keep_mask": result.keep_mask.contiguous()}
+
+
 def run_case(settings: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Outputs of one case from its settings and input tensors (other tensors are ignored)."""
     track = settings.get("track", "llava")
-    if track not in ("llava", "qwen_llm_space"):
-        raise ValueError(f"unknown track {track!r}")
-    missing = [n for n in ("image_features", "text_embeds_seq") if n not in tensors]
-    if missing:
-        raise ValueError(f"the case's inputs lack {missing}")
+    if track not in TRACKS:
+        raise ValueError(f"unknown track {track!r}; known: {list(TRACKS)}")
+    if track == "divprune":
+        return _run_divprune(settings, tensors)
+    if track == "cdpruner":
+        return _run_cdpruner(settings, tensors)
+    _require(tensors, ("image_features", "text_embeds_seq"))
     features = tensors["image_features"]
     R = features.shape[0]
     crops = int(settings.get("crops_per_image", 1))
@@ -100,7 +198,7 @@ def run_case(settings: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], atol: float = 1e-5) -> list[str]:
-    """Differences beyond the README's tolerances (an empty list when the case is reproduced)."""
+    """Differences beyond the tolerances (an empty list when the case is reproduced)."""
     problems = []
     quotas = expected.get("token_quotas")
     for name, want in expected.items():
@@ -111,6 +209,9 @@ def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
             continue
         have = got[name]
         if name == "select_idx":
+            if have.ndim != 2 or have.shape[0] != want.shape[0]:
+                problems.append(f"select_idx: shape {tuple(have.shape)}, expected {want.shape[0]} rows")
+                continue
             T = want.shape[1]
             counted = quotas.tolist() if quotas is not None else [T] * want.shape[0]
             for row, q in enumerate(counted):

@@ -38,25 +38,30 @@ __all__ = [
 AGGREGATIONS = ("negative_entropy", "entropy_tempered", "top_k", "mean")
 
 
-def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Rows of ``x`` divided by their L2 norm (clamped at ``eps``), in float32. Shape kept."""
-    return F.normalize(x.float(), dim=-1, eps=eps)
+def l2_normalise(x: torch.Tensor, eps: float = 1e-8, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """Rows of ``x`` divided by their L2 norm (clamped at ``eps``), in ``dtype`` (``None``: the
+    input's own dtype). Shape kept."""
+    return F.normalize(x if dtype is None else x.to(dtype), dim=-1, eps=eps)
 
 
-def global_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, sign: float = -1.0) -> torch.Tensor:
+def global_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, sign: float = -1.0,
+                      dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
     """``G[r, n, m] = sign * <V_n, g_m>`` on L2-normalised rows (step 2).
 
     Args:
         image_embeds: ``(R, N, C)`` scoring embeddings ``V``.
         text_embeds: ``(R, M, C)`` global text embeddings ``g``.
         sign: ``sigma``; -1 in every published preset.
+        dtype: where the normalisation and the products are computed; ``None``: the inputs'
+            own dtype (what published baselines do with half-precision inputs).
     Returns:
-        ``(R, N, M)`` float32.
+        ``(R, N, M)`` in ``dtype`` (float32 by default).
     """
     check_ndim("image_embeds", image_embeds, 3, "(R, N, C)")
     check_ndim("text_embeds", text_embeds, 3, "(R, M, C)")
     check_same("C (embedding width)", image_embeds=image_embeds.shape[-1], text_embeds=text_embeds.shape[-1])
-    v, g = l2_normalise(image_embeds), l2_normalise(text_embeds)
+    dtype = image_embeds.dtype if dtype is None else dtype  # one dtype for both sides
+    v, g = l2_normalise(image_embeds, dtype=dtype), l2_normalise(text_embeds, dtype=dtype)
     return sign * torch.einsum("rnc,rmc->rnm", v, g)
 
 
@@ -207,15 +212,18 @@ def fuse(global_sim: torch.Tensor, local: torch.Tensor, alpha: float = 0.5) -> t
 
 
 def minmax_normalise(
-    scores: torch.Tensor, rows_per_image: list[int] | None = None, token_mask: torch.Tensor | None = None
+    scores: torch.Tensor, rows_per_image: list[int] | None = None, token_mask: torch.Tensor | None = None,
+    range_eps: float = 1e-6,
 ) -> torch.Tensor:
-    """``r = (s - min s + 1e-6) / (max s - min s + 1e-6)`` (step 7).
+    """``r = (s - min s + 1e-6) / (max s - min s + range_eps)`` (step 7).
 
     Args:
         scores: ``(R, N)``.
         rows_per_image: crops (rows) of each image, consecutive; the min and max are taken
             jointly over an image's rows (LLaVA-1.6). ``None``: per row.
         token_mask: optional ``(R, N)`` bool of real tokens; padding is ignored and set to 0.
+        range_eps: added to the range (EADP: 1e-6; CDPruner's published relevance: 0). A
+            range that is still 0 (constant scores) counts as 1e-6, so constant scores give 1.
     Returns:
         ``(R, N)`` float32 in ``[0, 1]`` (up to the 1e-6 offsets).
     """
@@ -236,7 +244,8 @@ def minmax_normalise(
         lo = torch.full((len(rows_per_image),), math.inf, device=s.device).scatter_reduce(0, image, row_lo, "amin")
         hi = torch.full((len(rows_per_image),), -math.inf, device=s.device).scatter_reduce(0, image, row_hi, "amax")
         lo, hi = lo[image, None], hi[image, None]
-    r = (s - lo + 1e-6) / (hi - lo + 1e-6)
+    span = hi - lo + range_eps
+    r = (s - lo + 1e-6) / torch.where(span > 0, span, torch.full_like(span, 1e-6))
     return r if token_mask is None else r.masked_fill(~token_mask, 0.0)
 
 

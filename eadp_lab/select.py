@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ._checks import check_budget, check_choice, check_finite, check_ndim, check_same
+from .scoring import l2_normalise
 
 __all__ = [
     "ALLOCATIONS",
+    "cosine_similarity",
     "coverage_similarity",
     "facility_location",
     "facility_location_naive",
@@ -31,6 +32,22 @@ __all__ = [
 ALLOCATIONS = ("none", "floor", "largest_remainder")
 
 
+def cosine_similarity(features: torch.Tensor, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """``S[i, j] = cos(F_i, F_j)`` of every pair of tokens of a row.
+
+    Args:
+        features: ``(B, N, D)``.
+        dtype: where the normalisation and the product are computed (``None``: the input's own
+            dtype, as the published baselines do with half-precision inputs).
+    Returns:
+        ``(B, N, N)`` in ``dtype``, on the features' device (a zero row has cosine 0 with all).
+    """
+    check_ndim("features", features, 3, "(B, N, D)")
+    check_finite("features", features)
+    f = l2_normalise(features, dtype=dtype)
+    return f @ f.transpose(1, 2)
+
+
 def coverage_similarity(features: torch.Tensor) -> torch.Tensor:
     """``K[i, j] = (clamp(cos(F_i, F_j), -1, 1) + 1) / 2`` in float32 (step 10).
 
@@ -39,10 +56,7 @@ def coverage_similarity(features: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, N, N)`` float32 in ``[0, 1]``, on the features' device.
     """
-    check_ndim("features", features, 3, "(B, N, D)")
-    check_finite("features", features)
-    f = F.normalize(features.float(), dim=-1, eps=1e-8)
-    return (torch.clamp(f @ f.transpose(1, 2), -1.0, 1.0) + 1.0) / 2.0
+    return (torch.clamp(cosine_similarity(features), -1.0, 1.0) + 1.0) / 2.0
 
 
 def _prepare(importance, budget, features, similarity, candidates=None):

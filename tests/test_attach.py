@@ -295,3 +295,36 @@ def test_unknown_method_and_options():
         attach(T.llava(), method="fastv")
     with pytest.raises(ValueError, match="positions"):
         attach(T.llava(), positions="shifted")
+
+
+@pytest.mark.parametrize("video", [False, True])
+@torch.no_grad()
+def test_baselines_follow_their_authors_multicrop_rule_on_anyres_images(video):
+    family = "llava_next_video" if video else "llava_next"
+    model, inputs = build(family, video)
+    with attach(model, "divprune", budget=4, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        joint = pruner.last.items
+    with attach(model, "divprune", budget=4, tokenizer=T.tokenizer(), scope="per_row") as pruner:
+        model(**inputs)
+        per_row = pruner.last.items
+    with attach(model, "cdpruner", budget=4, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        cdpruner = pruner.last.items
+    for it, row_it, cd in zip(joint, per_row, cdpruner):
+        caps = [min(4, len(r)) for r in it.layout.rows]
+        assert row_it.result.quotas.tolist() == caps
+        if it.modality == "video":  # frames: one selection and one min-max per frame
+            assert it.result.settings["scope"] == "per_row" and cd.result.settings["normalisation"] == "per_row"
+            assert it.result.quotas.tolist() == caps
+            continue
+        assert len(it.layout.rows) > 1 and it.result.settings["scope"] == "per_image"
+        assert cd.result.settings["normalisation"] == "per_image" and cd.result.quotas.tolist() == caps
+        assert int(it.result.quotas.sum()) == sum(caps)  # one selection: the crops' budgets spent jointly
+        (image_picks,) = it.result.extra["image_picks"]
+        assert len(image_picks) == sum(caps)
+        # the language model gets the picked tokens and the newlines of the lines they are on
+        kept = set(it.kept.tolist())
+        picked = {int(idx[i]) for idx, mask in zip(it.layout.rows, it.result.keep_mask) for i in mask.nonzero()[:, 0]}
+        lines = {k for k, line in it.layout.newlines if any(int(i) in picked for i in line)}
+        assert kept == picked | lines

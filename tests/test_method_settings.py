@@ -51,3 +51,14 @@ def test_attach_scores_with_the_sign_the_clip_declares():
     assert any(not torch.equal(a, b) for a, b in zip(kept(plain, positive), kept(plain, negative)))
     # explicit settings win over the declared sign
     assert all(torch.equal(a, b) for a, b in zip(kept(declaring, negative), kept(plain)))
+
+
+def test_baselines_default_to_their_authors_rule_on_images_and_per_frame_on_videos():
+    from eadp_lab.methods.cdpruner import CDPrunerSettings
+    from eadp_lab.methods.divprune import DivPruneSettings
+
+    assert default_settings("divprune", "llava_next") == DivPruneSettings(scope="per_image", precision="float32")
+    assert default_settings("cdpruner", "llava_next").normalisation == "per_image"
+    assert default_settings("divprune", "llava_next_video", "video").scope == "per_row"
+    assert default_settings("cdpruner", "llava_onevision", "video") == CDPrunerSettings(normalisation="per_row")
+    assert default_settings("cdpruner", "llava", sign=1.0).similarity_sign == 1.0

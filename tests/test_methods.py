@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from eadp_lab import METHODS, EADPConfig, PruneInputs, preset, prune
-from eadp_lab.methods.cdpruner import dpp_greedy_map
-from eadp_lab.methods.divprune import max_min_diversity
+from eadp_lab import scoring
+from eadp_lab.methods.cdpruner import CDPrunerSettings, conditional_relevance, dpp_greedy_map
+from eadp_lab.methods.divprune import DivPruneSettings, image_max_min_diversity, max_min_diversity
 from eadp_lab.methods.pool import pooled_grid
 
 NAMES = ["none", "eadp", "topk", "topk_dense", "random", "pool", "divprune", "cdpruner"]
@@ -322,10 +323,13 @@ def test_ragged_rows_never_keep_padding(method):
             assert res.quotas.tolist() == counts  # a budget of every token keeps every real token
 
 
+PER_ROW = {"divprune": {"scope": "per_row"}, "cdpruner": {"normalisation": "per_row"}}
+
+
 @pytest.mark.parametrize("method", ["eadp", "topk", "topk_dense", "divprune", "cdpruner", "pool"])
 def test_a_ragged_row_is_scored_like_the_row_alone(method):
     inputs = ragged_inputs()
-    together = prune(method, inputs, 12)
+    together = prune(method, inputs, 12, **PER_ROW.get(method, {}))
     for r, (H, W) in enumerate(inputs.grid):
         n = H * W
         alone_inputs = PruneInputs(
@@ -349,3 +353,106 @@ def test_bad_row_grids():
         PruneInputs(features=torch.randn(2, 16, 4), grid=[(4, 4)])
     with pytest.raises(ValueError, match="between 1 and N"):
         PruneInputs(features=torch.randn(1, 16, 4), grid=[(5, 4)])
+
+
+# ---------------------------------------------------------------- the baselines on the crops of one image
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_divprune_selects_once_over_an_image_s_crops(ragged):
+    inputs = ragged_inputs() if ragged else PruneInputs(**sample(13, crops=3), rows_per_image=(3,))
+    counts = inputs.token_counts
+    res = prune("divprune", inputs, 12)
+    R, N = inputs.num_rows, inputs.num_tokens
+    flat = torch.cat([inputs.features[r, : int(c)] for r, c in enumerate(counts)])[None]  # real tokens end to end
+    alone = max_min_diversity(flat, int(counts.clamp(max=12).sum()))[0]
+    starts = torch.cumsum(counts, 0) - counts
+    row = torch.searchsorted(starts, alone, right=True) - 1
+    (joint,) = res.extra["image_picks"]
+    assert torch.equal(joint, row * N + (alone - starts[row]))  # the same picks, in the same order
+    assert int(res.quotas.sum()) == int(counts.clamp(max=12).sum())
+    for r in range(R):  # each row's picks: its share of the joint picks, in pick order
+        assert res.picks[r, : int(res.quotas[r])].tolist() == [int(p) % N for p in joint if int(p) // N == r]
+        assert not bool(res.keep_mask[r, int(counts[r]):].any())
+    per_row = prune("divprune", inputs, 12, scope="per_row")
+    assert per_row.quotas.tolist() == counts.clamp(max=12).tolist()
+    assert "image_picks" not in per_row.extra
+
+
+def test_divprune_image_picks_index_the_rows_end_to_end():
+    f = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(1))
+    picks = image_max_min_diversity(f, 18)
+    assert sorted(picks.tolist()) == list(range(18))
+    assert torch.equal(picks, max_min_diversity(f.reshape(1, 18, 4), 18)[0])
+    with pytest.raises(ValueError, match="budget 19"):
+        image_max_min_diversity(f, 19)
+
+
+def test_cdpruner_normalises_relevance_over_an_image_s_crops():
+    inputs = PruneInputs(**sample(14, crops=3), rows_per_image=(3,))
+    joint = prune("cdpruner", inputs, 10)
+    score = scoring.global_similarity(inputs.image_embeds, inputs.per_row(inputs.global_text())).mean(-1)
+    lo, hi = score.min(), score.max()
+    assert torch.allclose(joint.importance, (score - lo + 1e-6) / (hi - lo), atol=1e-7)  # the published formula
+    per_row = prune("cdpruner", inputs, 10, normalisation="per_row")
+    for r in range(3):
+        alone = prune("cdpruner", PruneInputs(**{k: v[r : r + 1] if k != "text_embeds_seq" else v
+                                                for k, v in sample(14, crops=3).items()}), 10)
+        assert torch.equal(per_row.picks[r], alone.picks[0])
+        assert torch.allclose(per_row.importance[r], alone.importance[0], atol=1e-6)
+    assert joint.quotas.tolist() == [10, 10, 10]  # the budgets stay per crop
+    assert not torch.allclose(joint.importance, per_row.importance)
+    assert torch.equal(joint.importance, conditional_relevance(inputs, CDPrunerSettings()))
+
+
+def test_cdpruner_constant_relevance_is_one():
+    s = sample(15)
+    s["image_embeds"] = torch.ones_like(s["image_embeds"])
+    res = prune("cdpruner", PruneInputs(**s), 8)
+    assert torch.allclose(res.importance, torch.ones_like(res.importance))
+    assert res.quotas.tolist() == [8]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_dpp_compiled_and_torch_greedy_agree(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    R, N, rank = 3, 40, 12 if seed % 2 else 40  # low rank: the fallback order fills the rest
+    X = torch.randn(R, N, rank, generator=g, dtype=torch.float64)
+    kernel = (X @ X.transpose(1, 2)).to(dtype)
+    fallback = torch.rand(R, N, generator=g)
+    mask = torch.rand(R, N, generator=g) > 0.2 if seed >= 2 else None
+    cpu = dpp_greedy_map(kernel, 30, fallback, token_mask=mask, backend="cpu")
+    ref = dpp_greedy_map(kernel, 30, fallback, token_mask=mask, backend="torch")
+    real = torch.full((R,), N) if mask is None else mask.sum(1)
+    assert (cpu >= 0).sum(1).tolist() == real.clamp(max=30).tolist()
+    assert all(len(set(p for p in row if p >= 0)) == int(n) for row, n in zip(cpu.tolist(), real.clamp(max=30)))
+    if mask is not None:
+        assert all(bool(mask[r, p]) for r in range(R) for p in cpu[r].tolist() if p >= 0)
+    if dtype == torch.float64 or rank == N:  # float32 rounding noise past the rank is picked on, not exhausted
+        assert torch.equal(cpu, ref)
+    if dtype == torch.float64 and rank < N:  # the rank is spent: the rest follow the fallback order
+        rest = cpu[0, rank:]
+        assert torch.equal(rest, rest[torch.argsort(-fallback[0, rest], stable=True)])
+
+
+def test_precision_input_computes_the_cosines_in_the_input_dtype():
+    f = torch.randn(1, 64, 16, generator=torch.Generator().manual_seed(16)).half()
+    res = prune("divprune", PruneInputs(features=f), 20, precision="input")
+    assert torch.equal(res.picks, max_min_diversity(f, 20, dtype=None))
+    full = PruneInputs(features=f.float())
+    assert torch.equal(prune("divprune", full, 20, precision="input").picks, prune("divprune", full, 20).picks)
+    s = {k: v.half() for k, v in sample(17).items()}
+    half = prune("cdpruner", PruneInputs(**s), 20, precision="input")
+    assert half.importance.dtype == torch.float32 and half.quotas.tolist() == [20]
+
+
+def test_baseline_settings_are_checked():
+    with pytest.raises(ValueError, match="scope"):
+        DivPruneSettings(scope="per_crop")
+    with pytest.raises(ValueError, match="precision"):
+        DivPruneSettings(precision="float16")
+    with pytest.raises(ValueError, match="normalisation"):
+        CDPrunerSettings(normalisation="joint")
+    with pytest.raises(ValueError, match="backend"):
+        dpp_greedy_map(torch.eye(3)[None], 2, torch.zeros(1, 3), backend="cuda")

@@ -1,7 +1,9 @@
-"""Every published test vector is reproduced within its README's tolerances.
+"""Every test vector made with the authors' code is reproduced within the tolerances.
 
-The vectors in tests/reference/ were made with the published EADP code (a copy of
-shared/reference/). Set EADP_REFERENCE_DIRS=dir1:dir2 to check more vectors in the same format.
+tests/reference/ holds EADP's vectors (made with the published EADP code), and
+tests/reference-baselines/ DivPrune's and CDPruner's (made with each baseline's published
+selection code); each folder's README describes its format. Set EADP_REFERENCE_DIRS=dir1:dir2
+to check more vectors in either format.
 """
 
 import json
@@ -11,17 +13,32 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from eadp_lab.reference import INPUT_NAMES, compare_case, run_case
 
 HERE = Path(__file__).parent
-DIRS = [HERE / "reference"] + [Path(p) for p in os.environ.get("EADP_REFERENCE_DIRS", "").split(":") if p]
+BASELINES = HERE / "reference-baselines"
+DIRS = [HERE / "reference", BASELINES] + [Path(p) for p in os.environ.get("EADP_REFERENCE_DIRS", "").split(":") if p]
 CASES = sorted({p for d in DIRS for p in d.glob("*.json")})
+OUTPUTS = {"llava": {"importance", "select_idx", "token_quotas", "keep_mask"},
+           "qwen_llm_space": {"importance", "select_idx", "pruned_features"},
+           "divprune": {"select_idx"},
+           "cdpruner": {"relevance", "select_idx", "keep_mask"}}
+
+
+def load_case(name: str, folder: Path = BASELINES):
+    """``(settings, expected tensors, what run_case makes of the inputs)`` of a stored case."""
+    settings = json.loads((folder / f"{name}.json").read_text())
+    expected = load_file(folder / f"{name}.safetensors")
+    return settings, expected, run_case(settings, {k: v for k, v in expected.items() if k in INPUT_NAMES})
 
 
 def test_vectors_present():
-    assert len(CASES) >= 4
+    tracks = [json.loads(p.read_text()).get("track", "llava") for p in CASES]
+    assert tracks.count("divprune") >= 2 and tracks.count("cdpruner") >= 2
+    assert len(tracks) - tracks.count("divprune") - tracks.count("cdpruner") >= 4
 
 
 @pytest.mark.parametrize("settings_path", CASES, ids=lambda p: p.stem)
@@ -31,9 +48,9 @@ def test_case_reproduced(settings_path):
     inputs = {k: v for k, v in expected.items() if k in INPUT_NAMES}
     got = run_case(settings, inputs)
     assert compare_case(expected, got) == []
-    # the outputs the format asks for, and no more
-    track_outputs = {"token_quotas", "keep_mask"} if settings.get("track", "llava") == "llava" else {"pruned_features"}
-    assert set(got) == {"importance", "select_idx"} | track_outputs
+    track = settings.get("track", "llava")
+    assert set(got) == OUTPUTS[track]  # the outputs the format asks for, and no more
+    assert OUTPUTS[track] <= set(expected)  # and every one of them was compared
 
 
 def test_compare_case_detects_a_wrong_pick():
@@ -65,3 +82,92 @@ def test_unknown_setting_is_an_error():
     tensors = load_file(HERE / "reference" / "llava15_t64.safetensors")
     with pytest.raises(ValueError, match="entropy_keep_ration"):
         run_case(settings, {k: v for k, v in tensors.items() if k in INPUT_NAMES})
+
+
+# ---------------------------------------------------------------- the baseline tracks
+
+
+def test_divprune_joint_case_is_one_selection_over_the_image():
+    settings, expected, got = load_case("divprune_anyres_joint_t320")
+    assert settings["scope"] == "image" and got["select_idx"].shape == (1, 320)
+    R, N = expected["image_features"].shape[:2]
+    rows = expected["select_idx"][0] // N
+    per_crop = torch.bincount(rows, minlength=R)
+    assert int(per_crop.sum()) == 320 and len(set(per_crop.tolist())) > 1  # not an equal share per crop
+
+
+def test_divprune_joint_case_through_the_registry():
+    """prune('divprune') on the image's rows with 64 per row makes the stored joint selection."""
+    from eadp_lab import PruneInputs, prune
+
+    _, expected, _ = load_case("divprune_anyres_joint_t320")
+    features = expected["image_features"]
+    R, N = features.shape[:2]
+    result = prune("divprune", PruneInputs(features=features, rows_per_image=(R,)), 64)
+    (joint,) = result.extra["image_picks"]
+    assert torch.equal(joint, expected["select_idx"][0])
+    flat = torch.zeros(R * N, dtype=torch.bool)
+    flat[joint] = True
+    assert torch.equal(result.keep_mask, flat.reshape(R, N))
+    assert result.quotas.tolist() == result.keep_mask.sum(1).tolist()
+    per_row = prune("divprune", PruneInputs(features=features, rows_per_image=(R,)), 64, scope="per_row")
+    assert per_row.quotas.tolist() == [64] * R and not torch.equal(per_row.keep_mask, result.keep_mask)
+
+
+def test_cdpruner_relevance_is_normalised_over_all_crops():
+    _, expected, got = load_case("cdpruner_anyres_t64")
+    relevance = got["relevance"]  # (5, 576)
+    assert float(relevance.min()) < 1e-4 and abs(float(relevance.max()) - 1.0) < 1e-4  # 0 to 1 over the image
+    row_lo, row_hi = relevance.amin(-1), relevance.amax(-1)
+    assert float(row_lo.max()) > 1e-3 or float(row_hi.min()) < 1.0 - 1e-3  # not every row spans 0 to 1 itself
+    assert got["select_idx"].shape == (5, 64) and got["keep_mask"].sum(1).tolist() == [64] * 5
+
+
+@pytest.mark.parametrize("name", ["divprune_single_t64", "divprune_anyres_joint_t320", "cdpruner_single_t64",
+                                  "cdpruner_anyres_t64"])
+def test_compare_case_detects_a_perturbed_expectation(name):
+    settings, expected, got = load_case(name)
+    assert compare_case(expected, got) == []
+    wrong = dict(expected)
+    picks = expected["select_idx"].clone()
+    picks[-1, [5, 6]] = picks[-1, [6, 5]]  # the same set, another order
+    wrong["select_idx"] = picks
+    problems = compare_case(wrong, got)
+    assert any("select_idx" in p for p in problems)
+    wrong = dict(expected)
+    wrong["select_idx"] = expected["select_idx"][:, :-1].clone()  # a prefix still compares, a changed pick does not
+    assert compare_case(wrong, got) == []
+    wrong["select_idx"][0, -1] = (int(wrong["select_idx"][0, -1]) + 1) % expected["image_features"].shape[1]
+    assert any("select_idx" in p for p in compare_case(wrong, got))
+    if settings["track"] == "cdpruner":
+        wrong = dict(expected)
+        wrong["relevance"] = expected["relevance"] + 2e-5
+        wrong["keep_mask"] = expected["keep_mask"].clone()
+        wrong["keep_mask"][0, 0] = ~wrong["keep_mask"][0, 0]
+        problems = compare_case(wrong, got)
+        assert any("relevance" in p for p in problems) and any("keep_mask" in p for p in problems)
+        within = dict(expected, relevance=expected["relevance"] + 5e-6)
+        assert compare_case(within, got) == []
+
+
+def test_baseline_cli_writes_the_outputs(tmp_path):
+    case = BASELINES / "cdpruner_single_t64"
+    out = tmp_path / "out.safetensors"
+    subprocess.run([sys.executable, "-m", "eadp_lab.reference", "run", f"{case}.json", f"{case}.safetensors", str(out)],
+                   capture_output=True, text=True, check=True)
+    assert set(load_file(out)) == OUTPUTS["cdpruner"]
+    assert compare_case(load_file(f"{case}.safetensors"), load_file(out)) == []
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"budgt": 64}, "budgt"), ({"scope": "crop"}, "scope"), ({"rows": 2}, "rows"), ({"grid": [20, 20]}, "grid"),
+    ({"track": "divprun"}, "track"),
+])
+def test_bad_baseline_settings_are_errors(change, match):
+    settings = json.loads((BASELINES / "divprune_single_t64.json").read_text())
+    tensors = load_file(BASELINES / "divprune_single_t64.safetensors")
+    with pytest.raises(ValueError, match=match):
+        run_case({**settings, **change}, {k: v for k, v in tensors.items() if k in INPUT_NAMES})
+    with pytest.raises(ValueError, match="lack"):
+        run_case(json.loads((BASELINES / "cdpruner_single_t64.json").read_text()),
+                 {"image_features": tensors["image_features"]})

@@ -23,7 +23,8 @@ import torch
 from .._checks import check_budget, check_choice, check_finite, check_ndim, check_same
 from ..select import gather_kept, keep_mask_from_picks
 
-__all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune", "stable_topk"]
+__all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune", "stable_topk", "PRECISIONS",
+           "precision_dtype"]
 
 
 @dataclass
@@ -381,6 +382,16 @@ def prune(method: str, inputs: PruneInputs, budget: int, settings=None, **overri
 @dataclass(frozen=True)
 class NoSettings:
     """A method without settings."""
+
+
+PRECISIONS = ("float32", "input")  # the baselines' ``precision`` setting
+
+
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a baseline computes its cosines in: float32 for ``"float32"``, ``None`` (the
+    inputs' own dtype, as the authors' code computes them) for ``"input"``."""
+    check_choice("precision", precision, PRECISIONS)
+    return torch.float32 if precision == "float32" else None
 
 
 @register("none", NoSettings, text_guided=False, reference="no pruning: every visual token is kept")

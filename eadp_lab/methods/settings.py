@@ -9,6 +9,9 @@ explorer, which all import from here:
   (``eadp_similarity_sign``, written by the lab CLIP's training after measuring at which sign
   its words point at their objects), ``None`` for a checkpoint that declares none (every real
   CLIP: the published σ = -1 of the presets applies);
+- :data:`BASELINE_VIDEO`: the baselines' settings for videos (their defaults are the authors'
+  multi-crop rule for an image's crops: one DivPrune selection and one CDPruner min-max per
+  image; a video's frames keep one of each per frame, as before);
 - :func:`default_settings` and :func:`method_settings`: the settings a method runs with when
   the caller gives none.
 """
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-__all__ = ["DEFAULT_PRESETS", "ABLATIONS", "DEFAULT_METHODS", "SIGN_KEY", "clip_similarity_sign", "with_sign",
-           "default_settings", "method_settings", "method_names"]
+__all__ = ["DEFAULT_PRESETS", "ABLATIONS", "BASELINE_VIDEO", "DEFAULT_METHODS", "SIGN_KEY", "clip_similarity_sign",
+           "with_sign", "default_settings", "method_settings", "method_names"]
 
 # Paper-faithful defaults (content tokens only) per family and modality.
 DEFAULT_PRESETS = {
@@ -40,6 +43,10 @@ ABLATIONS = {
 }
 DEFAULT_METHODS = ("none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
                    "pool", "divprune", "cdpruner")
+
+# The baselines on videos: one selection (DivPrune) and one min-max (CDPruner) per frame. On images
+# their settings' own defaults apply: the published rule over an image's (AnyRes) crops.
+BASELINE_VIDEO = {"divprune": {"scope": "per_row"}, "cdpruner": {"normalisation": "per_row"}}
 
 SIGN_KEY = "eadp_similarity_sign"  # in a CLIP checkpoint's config.json
 
@@ -75,7 +82,8 @@ def with_sign(settings, sign: float | None):
 
 def default_settings(method: str, family: str = "llava", modality: str = "image", sign: float | None = None):
     """A registry method's settings when the caller gives none: EADP's paper-faithful preset of the
-    family, every other method's own defaults; ``sign`` replaces the similarity sign."""
+    family, every other method's own defaults (for videos, :data:`BASELINE_VIDEO`); ``sign``
+    replaces the similarity sign."""
     from ..config import EADPConfig, preset
     from .base import METHODS
 
@@ -83,7 +91,7 @@ def default_settings(method: str, family: str = "llava", modality: str = "image"
     if entry.settings is EADPConfig:
         settings = preset(DEFAULT_PRESETS[(family, modality)], faithful=True)
     else:
-        settings = entry.settings()
+        settings = entry.settings(**(BASELINE_VIDEO.get(method, {}) if modality == "video" else {}))
     return with_sign(settings, sign)
 
 

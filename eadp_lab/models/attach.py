@@ -491,7 +491,12 @@ def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str =
         method: a registry name (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``,
             ``divprune``, ``cdpruner``, ``none``).
         budget: tokens kept per row (image, AnyRes crop, video frame) before EADP's
-            allocation across an image's crops; a float in (0, 1] keeps that fraction.
+            allocation across an image's crops; a float in (0, 1] keeps that fraction. On
+            AnyRes images DivPrune spends the image's rows' budgets in one joint selection
+            over all its crops, and CDPruner min-max normalises its relevance over all of
+            them, as their authors' LLaVA-1.6 code does (``scope="per_row"`` and
+            ``normalisation="per_row"`` select and normalise per crop); ``image_newline``
+            tokens are never selected, ``newlines`` decides which are kept.
         scoring: ``"clip"`` (LLaVA families; give ``clip=`` a ``CLIPModel`` with
             ``clip_tokenizer=``, or a hub id or path) or ``"llm"`` (the language model's
             input embeddings; any model).
