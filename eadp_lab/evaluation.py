@@ -2,10 +2,13 @@
 
 - :func:`load`: a VLM, its processor and (for CLIP scoring) its CLIP; the shipped lab models by default;
 - :func:`lab_questions` / :func:`file_questions`: the lab world's held-out questions (with
-  the ground truth of what they name) or a LLaVA-evaluation jsonl file;
+  the ground truth of what they name) or a LLaVA-evaluation jsonl file, validated up front
+  (:class:`QuestionFileError` names the file, the line and the missing image);
 - :func:`evaluate`: one method at one budget through :func:`eadp_lab.attach` and
   ``model.generate``: accuracy (exact match of the first word), per question type, and what was
-  kept of the named objects (:func:`named_kept`).
+  kept of the named objects (:func:`named_kept`); with ``answers_file`` each batch's answers
+  are appended (flushed) in LLaVA's answer format (:func:`answer_record`), and a rerun
+  resumes after the questions the file already answers (:func:`read_answers`).
 
 Used by :mod:`eadp_lab.bench.accuracy` (every method side by side), :mod:`eadp_lab.labmodels.train`
 (the lab LLaVA's card) and :class:`eadp_lab.lab.Lab`.
@@ -14,8 +17,10 @@ Used by :mod:`eadp_lab.bench.accuracy` (every method side by side), :mod:`eadp_l
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+import uuid
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
@@ -23,13 +28,27 @@ import torch
 
 from .methods.settings import clip_similarity_sign, method_settings
 
-__all__ = ["LAB_LLAVA", "LAB_CLIP", "Question", "lab_questions", "file_questions", "named_kept", "first_word", "load",
-           "prompt_for", "evaluate", "load_results", "results_frame", "markdown_table", "per_type_frame", "positions_gap"]
+__all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
+           "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
+           "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
+           "score_answers", "load_results", "results_frame", "markdown_table", "per_type_frame", "positions_gap"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
 LAB_CLIP = ROOT / "data" / "models" / "lab-clip"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
+class QuestionFileError(ValueError):
+    """A question file that cannot be read: the message names the file and the line."""
+
+
+class MissingImageError(QuestionFileError, FileNotFoundError):
+    """A question file that is not there, or one of its images: the message names the file, the line and the path."""
+
+
+class AnswersFileError(ValueError):
+    """An answers file a run cannot resume from (not answers, or another model's): the message names it."""
 
 
 @dataclass
@@ -42,7 +61,7 @@ class Question:
     description, not from pixels).
     """
 
-    qid: str
+    qid: str | int  # a question file's own question_id (int stays int); lab questions: "heldout/SEED/INDEX"
     image: object
     text: str
     answer: str | None
@@ -83,25 +102,67 @@ def named_kept(question: Question, item) -> dict | None:
     return named_recall(keep, question.masks, question.named)
 
 
-def file_questions(path, image_folder, limit: int | None = None) -> list[Question]:
-    """Questions of a LLaVA-evaluation jsonl file (``question_id``, ``image``, ``text``, ``answer``?)."""
-    from PIL import Image
+def _question_line(path, line_no: int, line: str) -> dict:
+    """One line of a question file as a dict with ``question_id``, ``image`` and ``text``; ``QuestionFileError`` naming
+    ``path:line_no`` otherwise."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise QuestionFileError(f"{path}:{line_no}: not a JSON object ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(d, dict):
+        raise QuestionFileError(f"{path}:{line_no}: not a JSON object (got {type(d).__name__})")
+    missing = [k for k in ("question_id", "image", "text") if k not in d]
+    if missing:
+        raise QuestionFileError(f"{path}:{line_no}: missing {', '.join(map(repr, missing))} (need question_id, image, "
+                                "text)")
+    if isinstance(d["question_id"], (dict, list, bool)) or d["question_id"] is None:
+        raise QuestionFileError(f"{path}:{line_no}: question_id must be a string or a number, got {d['question_id']!r}")
+    return d
 
-    out = []
+
+def _question_lines(path, image_folder) -> list[dict]:
+    """Every question of ``path``, each checked (:func:`_question_line`), its ``question_id`` unique and its image in
+    ``image_folder``; the first problem raises :class:`QuestionFileError` (:class:`MissingImageError` for an image)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingImageError(f"question file {path} not found")
+    lines, seen = [], {}
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            d = json.loads(line)
-            for key in ("question_id", "image", "text"):
-                if key not in d:
-                    raise ValueError(f"{path}:{line_no}: missing {key!r} (need question_id, image, text)")
-            image = Image.open(Path(image_folder) / d["image"]).convert("RGB")
-            out.append(Question(str(d["question_id"]), image, d["text"], d.get("answer"), d.get("category")))
-            if limit is not None and len(out) >= limit:
-                break
-    if not out:
-        raise ValueError(f"question file {path} holds no questions")
+            d = _question_line(path, line_no, line)
+            if d["question_id"] in seen:
+                raise QuestionFileError(f"{path}:{line_no}: question_id {d['question_id']!r} repeats line "
+                                        f"{seen[d['question_id']]}")
+            seen[d["question_id"]] = line_no
+            image = Path(image_folder) / d["image"]
+            if not image.is_file():
+                raise MissingImageError(f"{path}:{line_no}: image {str(d['image'])!r} not found: {image}")
+            lines.append({**d, "_line": line_no, "_image": image})
+    if not lines:
+        raise QuestionFileError(f"question file {path} holds no questions")
+    return lines
+
+
+def file_questions(path, image_folder, limit: int | None = None) -> list[Question]:
+    """Questions of a LLaVA-evaluation jsonl file (``question_id``, ``image``, ``text``, ``answer``?, ``category``?).
+
+    The whole file is checked before any image is decoded: every line parsed, every
+    ``question_id`` unique, every image present in ``image_folder``
+    (:class:`QuestionFileError`, :class:`MissingImageError` name the file, the line and the
+    path). Each :class:`Question` keeps the file's own ``question_id`` (an int stays an int).
+    ``limit``: the first ``limit`` questions.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for d in _question_lines(path, image_folder)[:limit]:
+        try:
+            image = Image.open(d["_image"]).convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise QuestionFileError(f"{path}:{d['_line']}: image {d['_image']} cannot be read ({exc})") from None
+        out.append(Question(d["question_id"], image, d["text"], d.get("answer"), d.get("category")))
     return out
 
 
@@ -111,8 +172,24 @@ def first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def load(model_path=None, clip_path=None, dtype=torch.float32):
-    """``(model, processor, clip, clip_tokenizer)``; defaults: the lab LLaVA and the lab CLIP."""
+def as_dtype(dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """A torch dtype from a dtype or its name (:data:`DTYPES`); ``None``: float32 on the CPU, bfloat16 elsewhere."""
+    if dtype is None:
+        return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    return dtype
+
+
+def load(model_path=None, clip_path=None, dtype=torch.float32, device=None, device_map=None):
+    """``(model, processor, clip, clip_tokenizer)``; defaults: the lab LLaVA and the lab CLIP, float32, CPU.
+
+    ``dtype`` and ``device`` apply to the VLM and the CLIP alike; ``device_map`` (e.g.
+    ``"auto"``) goes to the VLM's ``from_pretrained`` instead of ``device`` (a model that does
+    not fit one device), and the CLIP then sits with the VLM's vision tower.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .models.scorers import load_clip
@@ -120,10 +197,24 @@ def load(model_path=None, clip_path=None, dtype=torch.float32):
     model_path = LAB_LLAVA if model_path is None else model_path
     if clip_path is None and Path(model_path).resolve() == LAB_LLAVA.resolve():
         clip_path = LAB_CLIP
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype).eval()
+    placement = {} if device_map is None else {"device_map": device_map}
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, **placement).eval()
+    if device_map is None and device is not None:
+        model = model.to(device)
     processor = AutoProcessor.from_pretrained(model_path)
-    clip, clip_tokenizer = (None, None) if clip_path is None else load_clip(clip_path, dtype=dtype)
+    tower = getattr(model.model, "vision_tower", None)  # with a device_map, the CLIP sits with the vision tower
+    clip_device = model.device if tower is None else next(tower.parameters()).device
+    clip, clip_tokenizer = (None, None) if clip_path is None else load_clip(clip_path, device=clip_device, dtype=dtype)
     return model, processor, clip, clip_tokenizer
+
+
+def to_model(inputs, model):
+    """The processor's batch on ``model``'s device, its pixel values in the model's dtype (ids stay integers)."""
+    inputs = inputs.to(model.device)
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs and inputs[key].is_floating_point():
+            inputs[key] = inputs[key].to(model.dtype)
+    return inputs
 
 
 def prompt_for(processor, question: str) -> str:
@@ -134,58 +225,185 @@ def prompt_for(processor, question: str) -> str:
     return f"USER: {getattr(processor, 'image_token', '<image>')}\n{question} ASSISTANT:"
 
 
+_SHORTUUID = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's alphabet (57 symbols)
+
+
+def answer_id() -> str:
+    """A unique 22-character id in shortuuid's alphabet, as LLaVA's ``shortuuid.uuid()`` makes (a random UUID)."""
+    n, out = uuid.uuid4().int, []
+    for _ in range(22):  # 57 ** 22 > 2 ** 128
+        n, r = divmod(n, len(_SHORTUUID))
+        out.append(_SHORTUUID[r])
+    return "".join(out)
+
+
+def answers_path(path, method: str, budget: int) -> Path:
+    """The answers file of one method and budget: ``PATH`` with ``-{method}-{budget}`` before its suffix
+    (``answers.jsonl`` -> ``answers-eadp-64.jsonl``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{method}-{int(budget)}{path.suffix}")
+
+
+def model_id_of(model) -> str:
+    """The ``model_id`` answers of ``model`` carry by default: its ``name_or_path``, else its class name."""
+    return str(getattr(model.config, "_name_or_path", None) or type(model).__name__)
+
+
+def answer_record(question: Question, text: str, model_id: str) -> dict:
+    """One line of an answers file in LLaVA's format (``model_vqa``): ``question_id`` (the question file's own),
+    ``prompt`` (the question's text), ``text`` (the whole generated answer), ``answer_id``, ``model_id``,
+    ``metadata``."""
+    return {"question_id": question.qid, "prompt": question.text, "text": text, "answer_id": answer_id(),
+            "model_id": model_id, "metadata": {}}
+
+
+def read_answers(path) -> dict:
+    """The answers of a LLaVA-format answers file by ``question_id`` (``{}`` if there is no file).
+
+    A last line without its newline (a write the run was interrupted in) is left out;
+    :class:`AnswersFileError` naming ``path:line`` for any other line that is not an answer.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    out = {}
+    for line_no, line in enumerate(data[: data.rfind(b"\n") + 1].decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            d = None
+        if not isinstance(d, dict) or "question_id" not in d or "text" not in d:
+            raise AnswersFileError(f"{path}:{line_no}: not an answer (a JSON object with question_id and text); "
+                                   "remove the file or choose another --answers-file")
+        out[d["question_id"]] = d
+    return out
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut an unfinished last line (no newline: the run stopped while writing it) off ``path``."""
+    size = path.stat().st_size
+    with open(path, "rb+") as f:
+        f.seek(max(0, size - 1))
+        if size and f.read(1) != b"\n":
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+
+
+def check_answers(path, model_id: str) -> dict:
+    """The answers already in ``path`` (:func:`read_answers`); :class:`AnswersFileError` if another model wrote them."""
+    done = read_answers(path)
+    others = sorted({str(a.get("model_id")) for a in done.values()} - {model_id})
+    if others:
+        raise AnswersFileError(f"{path} holds answers of {others}, not of {model_id!r}: remove it or choose another "
+                               "--answers-file")
+    return done
+
+
+def _open_answers(path, model_id: str) -> tuple[dict, object]:
+    """``(answers already in path, path opened for appending)``, an unfinished last line cut off
+    (:func:`check_answers`)."""
+    path = Path(path)
+    done = check_answers(path, model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _drop_partial_line(path)
+    return done, open(path, "a")
+
+
+def score_answers(questions: list[Question], texts: dict) -> dict:
+    """Exact match of the first word (:func:`first_word`) of each answered question that has an answer.
+
+    Args:
+        questions: the questions; texts: generated answer text by ``question_id``.
+    Returns:
+        ``{"accuracy": fraction or None, "per_type": {type: {"accuracy", "questions"}}}``.
+    """
+    per_type = {}
+    for q in questions:
+        if q.answer is not None and q.qid in texts:
+            hit = float(first_word(texts[q.qid]) == first_word(str(q.answer)))
+            per_type.setdefault(q.qtype or "all", []).append(hit)
+    hits = [h for v in per_type.values() for h in v]
+    return {"accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+            "per_type": {t: {"accuracy": round(sum(v) / len(v), 4), "questions": len(v)}
+                         for t, v in sorted(per_type.items())}}
+
+
 @torch.no_grad()
 def evaluate(model, processor, questions: list[Question], name: str, budget: int, *, clip=None, clip_tokenizer=None,
              scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
-             positions: str = "renumber", bar=None) -> dict:
+             positions: str = "renumber", bar=None, answers_file=None, model_id: str | None = None) -> dict:
     """Answer ``questions`` with method ``name`` at ``budget`` attached; accuracy and answers.
 
     ``positions`` goes to :func:`eadp_lab.attach`: ``"renumber"`` the kept tokens
-    contiguously (its default) or keep their ``"original"`` 1-D positions.
+    contiguously (its default) or keep their ``"original"`` 1-D positions. Inputs go to the
+    model's device (pixel values in its dtype). ``answers_file``: append each batch's answers
+    there as they are produced (:func:`answer_record`, flushed), after the questions it
+    already answers, which are not asked again (``resumed`` counts them; accuracy covers
+    them, the kept-token figures only the questions asked in this call; batches, and
+    ``random``'s per-batch seeds, start over at the first question not answered yet).
+    ``model_id``: the answers' ``model_id`` (default: the model's ``name_or_path``).
     """
+    from contextlib import nullcontext
+
     from .models import attach, family_of
 
     family = family_of(model)
+    model_id = model_id or model_id_of(model)
     if sign is None and scoring == "clip":
         sign = clip_similarity_sign(clip)  # the sign the CLIP declares (the lab CLIP); None: the presets' -1
     tokenizer = processor.tokenizer
     if tokenizer.padding_side != "left":
         raise ValueError("the processor's tokenizer must pad on the left for batched generation")
-    answers, hits, per_type, kept, named, seconds = [], [], {}, [], [], 0.0
+    asked = {q.qid for q in questions}
+    if len(asked) != len(questions):
+        raise ValueError("every question needs its own question_id (answers are kept by it)")
+    done, sink = ({}, None) if answers_file is None else _open_answers(answers_file, model_id)
+    answers = {qid: a for qid, a in done.items() if qid in asked}
+    todo = [q for q in questions if q.qid not in answers]
+    kept, named, seconds = [], [], 0.0
     start = time.perf_counter()
     suppress = [t for t in (getattr(model.config, "image_token_id", None),) if t is not None]
-    for b, i in enumerate(range(0, len(questions), batch)):
-        chunk = questions[i : i + batch]
-        inputs = processor(images=[q.image for q in chunk], text=[prompt_for(processor, q.text) for q in chunk],
-                           return_tensors="pt", padding=True)
-        method, settings = method_settings(name, family, b, seed, sign)
-        with attach(model, method, budget=budget, scoring=scoring, settings=settings, clip=clip,
-                    clip_tokenizer=clip_tokenizer, tokenizer=tokenizer, positions=positions) as pruner:
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 suppress_tokens=suppress or None)
-            record = pruner.last
-        seconds += record.seconds
-        kept += [it.tokens_after for it in record.items]
-        texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        items = {it.sample: it for it in record.items}
-        for j, (q, text) in enumerate(zip(chunk, texts)):
-            seen = named_kept(q, items[j]) if j in items else None
-            if seen is not None:
-                named.append(seen)
-            answers.append({"question_id": q.qid, "prompt": q.text, "text": text.strip()})
-            if q.answer is not None:
-                hit = float(first_word(text) == first_word(str(q.answer)))
-                hits.append(hit)
-                per_type.setdefault(q.qtype or "all", []).append(hit)
-        if bar is not None:
-            bar.update(len(chunk))
+    if bar is not None and len(answers):
+        bar.update(len(answers))
+    with sink if sink is not None else nullcontext():
+        for b, i in enumerate(range(0, len(todo), batch)):
+            chunk = todo[i : i + batch]
+            inputs = to_model(processor(images=[q.image for q in chunk], text=[prompt_for(processor, q.text)
+                                        for q in chunk], return_tensors="pt", padding=True), model)
+            method, settings = method_settings(name, family, b, seed, sign)
+            with attach(model, method, budget=budget, scoring=scoring, settings=settings, clip=clip,
+                        clip_tokenizer=clip_tokenizer, tokenizer=tokenizer, positions=positions) as pruner:
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     suppress_tokens=suppress or None)
+                record = pruner.last
+            seconds += record.seconds
+            kept += [it.tokens_after for it in record.items]
+            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            items = {it.sample: it for it in record.items}
+            for j, (q, text) in enumerate(zip(chunk, texts)):
+                seen = named_kept(q, items[j]) if j in items else None
+                if seen is not None:
+                    named.append(seen)
+                answers[q.qid] = answer_record(q, text.strip(), model_id)
+                if sink is not None:
+                    sink.write(json.dumps(answers[q.qid]) + "\n")
+            if sink is not None:
+                sink.flush()
+                os.fsync(sink.fileno())
+            if bar is not None:
+                bar.update(len(chunk))
+    scores = score_answers(questions, {qid: a["text"] for qid, a in answers.items()})
     _, settings = method_settings(name, family, 0, seed, sign)
     return {
         "method": name, "budget": int(budget),
-        "accuracy": round(sum(hits) / len(hits), 4) if hits else None,
-        "questions": len(questions),
-        "per_type": {t: {"accuracy": round(sum(v) / len(v), 4), "questions": len(v)} for t, v in sorted(per_type.items())},
-        "kept_tokens_mean": round(sum(kept) / max(1, len(kept)), 2),
+        "accuracy": scores["accuracy"],
+        "questions": len(questions), "resumed": len(questions) - len(todo),
+        "per_type": scores["per_type"],
+        "kept_tokens_mean": round(sum(kept) / len(kept), 2) if kept else None,
         # Selection-level ground truth (lab questions): share of the questions whose named
         # objects each keep at least one token, and the mean share of their tokens kept.
         "named_reached": round(sum(n["all_reached"] for n in named) / len(named), 4) if named else None,
@@ -194,7 +412,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
         "settings": asdict(settings) if is_dataclass(settings) else None, "positions": positions,
         "sign": getattr(settings, "similarity_sign", None),
-        "answers": answers,
+        "answers": [answers[q.qid] for q in questions],
     }
 
 

@@ -33,7 +33,7 @@ import torch
 
 from . import scoring
 from ._checks import check_budget, check_choice
-from .evaluation import LAB_CLIP, LAB_LLAVA, load, prompt_for
+from .evaluation import LAB_CLIP, LAB_LLAVA, as_dtype, load, prompt_for, to_model
 from .methods import METHODS, PruneInputs, PruneResult, prune
 from .methods.settings import ABLATIONS, clip_similarity_sign, method_names, method_settings
 
@@ -92,17 +92,6 @@ class WordScores:
         """Indices of the content positions, lowest entropy first (the entropy filter's order)."""
         idx = torch.nonzero(self.content).flatten()
         return idx[torch.argsort(self.entropy[idx], stable=True)]
-
-
-def _as_dtype(dtype, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype, None)
-        if not isinstance(value, torch.dtype):
-            raise ValueError(f"dtype must be a torch dtype or its name (float32, bfloat16, float16), got {dtype!r}")
-        return value
-    return dtype
 
 
 def _quietly(fn, *args, **kwargs):
@@ -188,19 +177,16 @@ class Lab:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
-        dtype = _as_dtype(dtype, device)
+        dtype = as_dtype(dtype, device)
         is_lab = model == LAB or (isinstance(model, (str, Path)) and Path(model).resolve() == LAB_LLAVA.resolve())
         path = LAB_LLAVA if is_lab else model
         if is_lab and not (LAB_LLAVA / "config.json").exists():
             raise FileNotFoundError(f"the lab LLaVA is not in {LAB_LLAVA} (train it: python -m eadp_lab.labmodels.train)")
         if clip == "auto":
             clip = LAB_CLIP if is_lab else None
-        vlm, processor, clip_model, clip_tokenizer = _quietly(load, path, clip, dtype=dtype)
+        vlm, processor, clip_model, clip_tokenizer = _quietly(load, path, clip, dtype=dtype, device=device)
         if clip is None:  # load() pairs the lab LLaVA with the lab CLIP unless told otherwise
             clip_model, clip_tokenizer = None, None
-        vlm = vlm.to(device)
-        if clip_model is not None:
-            clip_model = clip_model.to(device)
         return cls(vlm, processor, clip_model, clip_tokenizer, name="lab" if is_lab else str(model))
 
     # ------------------------------------------------------------------ facts
@@ -270,12 +256,8 @@ class Lab:
                       clip_tokenizer=self.clip_tokenizer, tokenizer=self.processor.tokenizer)
 
     def _encode(self, image, question: str):
-        inputs = self.processor(images=[image], text=[prompt_for(self.processor, question)], return_tensors="pt",
-                                padding=True).to(self.device)
-        for key in ("pixel_values", "pixel_values_videos"):
-            if key in inputs and inputs[key].is_floating_point():
-                inputs[key] = inputs[key].to(self.dtype)
-        return inputs
+        return to_model(self.processor(images=[image], text=[prompt_for(self.processor, question)],
+                                       return_tensors="pt", padding=True), self.model)
 
     @torch.no_grad()
     def ask(self, image, question: str, method: str = "none", budget: int | None = None, settings=None,

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import pytest
 
+from eadp_lab import evaluation
 from eadp_lab.bench import accuracy as A
 from eadp_lab.config import EADPConfig
 
@@ -94,29 +95,161 @@ def test_named_kept_measures_the_named_objects_on_the_kept_tokens():
     assert A.named_kept(absent, SimpleNamespace(tokens_before=6, kept=torch.tensor([0]))) is None
 
 
-def test_question_file_in_llava_eval_format(tmp_path):
+def _question_file(folder, n=3, seed=11):
+    """A LLaVA-evaluation question file of ``n`` lab-world questions (integer ids) and its images in ``folder``."""
     from PIL import Image
 
     from eadp_lab.world import sample
 
-    records = sample("heldout", 3, seed=11, grid=None)
     lines = []
-    for r in records:
-        Image.fromarray(r.image).save(tmp_path / f"{r.index}.png")
+    for r in sample("heldout", n, seed=seed, grid=None):
+        Image.fromarray(r.image).save(folder / f"{r.index}.png")
         lines.append({"question_id": r.index, "image": f"{r.index}.png", "text": r.question.text,
                       "answer": r.answer, "category": r.qtype})
+    (folder / "q.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return folder / "q.jsonl", lines
+
+
+def _llava_answers(question_file, answers_file):
+    """Answers as LLaVA's scoring scripts read them (eval_pope.py): the question file's questions by their own
+    question_id, and each answer looked up there by its question_id."""
+    questions = {q["question_id"]: q for q in map(json.loads, open(question_file))}
+    answers = [json.loads(line) for line in open(answers_file)]
+    return {a["question_id"]: (questions[a["question_id"]], a) for a in answers}
+
+
+def test_question_file_in_llava_eval_format(tmp_path):
+    qfile, lines = _question_file(tmp_path)
     lines[-1].pop("answer")  # answers are optional
-    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    qfile.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out, answers = tmp_path / "acc.json", tmp_path / "answers.jsonl"
-    A.main(["--question-file", str(tmp_path / "q.jsonl"), "--image-folder", str(tmp_path), "--methods", "none,pool",
-            "--budgets", "28", "--positions", "original", "--json", str(out), "--answers-file", str(answers)])
-    rows = json.loads(out.read_text())["results"]
+    assert A.main(["--question-file", str(qfile), "--image-folder", str(tmp_path), "--methods", "none,pool",
+                   "--budgets", "28", "--positions", "original", "--json", str(out), "--answers-file",
+                   str(answers)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["results"]
     assert all(r["positions"] == "original" for r in rows)
     assert [r["method"] for r in rows] == ["none", "pool"]
     assert all(r["named_reached"] is None and r["named_questions"] == 0 for r in rows)  # no ground truth
     assert all(sum(t["questions"] for t in r["per_type"].values()) == 2 for r in rows)  # scored: with an answer
-    written = [json.loads(x) for x in answers.read_text().splitlines()]
-    assert len(written) == 6 and {w["metadata"]["method"] for w in written} == {"none", "pool"}
+    assert report["max_new_tokens"] == A.MAX_NEW_TOKENS["file"] and report["dtype"] == "float32"
+    assert report["device"] == "cpu"
+    # One file per method and budget, read back the way LLaVA's scripts read answers.
+    assert not answers.exists()
+    ids = set()
+    for r in rows:
+        path = tmp_path / f"answers-{r['method']}-{r['budget']}.jsonl"
+        by_id = _llava_answers(qfile, path)
+        assert sorted(by_id) == sorted(x["question_id"] for x in lines)  # ints, as in the question file
+        for qid, (question, a) in by_id.items():
+            assert isinstance(qid, int)
+            assert set(a) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+            assert a["prompt"] == question["text"] and a["model_id"] == "lab-llava" and a["metadata"] == {}
+            assert isinstance(a["answer_id"], str) and len(a["answer_id"]) == 22
+            ids.add(a["answer_id"])
+        scored = [A.first_word(a["text"]) == A.first_word(q["answer"]) for q, a in by_id.values() if "answer" in q]
+        assert r["accuracy"] == pytest.approx(sum(scored) / len(scored), abs=1e-4)  # the figure is exact match
+    assert len(ids) == 3 * len(rows)  # every answer_id unique
+
+
+def test_answers_keep_the_whole_generated_text(tmp_path, monkeypatch):
+    """The file keeps the whole answer up to --max-new-tokens; the figure still scores its first word.
+    (The lab LLaVA stops after one word, so here it is not allowed to stop.)"""
+    def load_without_eos(*args, **kwargs):
+        loaded = evaluation.load(*args, **kwargs)
+        loaded[0].generation_config.eos_token_id = None
+        return loaded
+
+    monkeypatch.setattr(A, "load", load_without_eos)
+    qfile, lines = _question_file(tmp_path, n=2)
+    common = ["--question-file", str(qfile), "--image-folder", str(tmp_path), "--methods", "none"]
+    for name, tokens in (("one", 1), ("long", 6)):
+        assert A.main(common + ["--answers-file", str(tmp_path / f"{name}.jsonl"), "--max-new-tokens", str(tokens),
+                                "--json", str(tmp_path / f"{name}.json")]) == 0
+    one = A.read_answers(tmp_path / "one-none-256.jsonl")
+    long = A.read_answers(tmp_path / "long-none-256.jsonl")
+    assert set(one) == set(long) == {x["question_id"] for x in lines}
+    for qid in one:
+        assert long[qid]["text"].startswith(one[qid]["text"]) and len(long[qid]["text"]) > len(one[qid]["text"])
+    accuracy = [json.loads((tmp_path / f"{name}.json").read_text())["results"][0]["accuracy"] for name in ("one", "long")]
+    assert accuracy[0] == accuracy[1]
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, capsys):
+    qfile, lines = _question_file(tmp_path, n=4, seed=12)
+    answers = tmp_path / "a.jsonl"
+    args = ["--question-file", str(qfile), "--image-folder", str(tmp_path), "--methods", "none,pool",
+            "--budgets", "28", "--batch", "2", "--answers-file", str(answers), "--json", str(tmp_path / "r.json")]
+    assert A.main(args) == 0
+    first = json.loads((tmp_path / "r.json").read_text())["results"]
+    pool = tmp_path / "a-pool-28.jsonl"
+    full = pool.read_text()
+    kept = full.splitlines(keepends=True)[0]
+    pool.write_text(kept + full.splitlines(keepends=True)[1][:25])  # killed in the middle of the second line
+    assert A.main(args) == 0
+    again = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["resumed"] for r in again] == [4, 1] and [r["resumed"] for r in first] == [0, 0]
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in first]
+    text = pool.read_text()
+    assert text.startswith(kept) and text.endswith("\n")
+    written = [json.loads(line) for line in text.splitlines()]  # every line whole again
+    assert sorted(w["question_id"] for w in written) == sorted(x["question_id"] for x in lines)
+    assert len((tmp_path / "a-none-256.jsonl").read_text().splitlines()) == 4  # nothing asked twice
+    # Another model's answers are not resumed from: a clear error, no traceback.
+    other = json.loads(kept)
+    (tmp_path / "a-none-256.jsonl").write_text(json.dumps({**other, "model_id": "llava-hf/llava-1.5-7b-hf"}) + "\n")
+    capsys.readouterr()
+    assert A.main(args) == 2
+    err = capsys.readouterr().err
+    assert "a-none-256.jsonl" in err and "llava-1.5-7b-hf" in err and "Traceback" not in err
+    (tmp_path / "a-none-256.jsonl").write_text("garbage\n" + kept)
+    with pytest.raises(A.AnswersFileError, match=r"a-none-256.jsonl:1: not an answer"):
+        A.read_answers(tmp_path / "a-none-256.jsonl")
+
+
+def test_question_files_are_checked_before_the_run(tmp_path, capsys):
+    from eadp_lab.evaluation import MissingImageError, QuestionFileError
+
+    qfile, lines = _question_file(tmp_path, n=3)
+    good = [json.dumps(x) for x in lines]
+    cases = {
+        "broken": ([good[0], '{"question_id": 7, "image": ', good[2]], QuestionFileError, r"q.jsonl:2: not a JSON"),
+        "key": ([good[0], good[1], json.dumps({"question_id": 9, "text": "?"})], QuestionFileError,
+                r"q.jsonl:3: missing 'image'"),
+        "repeat": ([good[0], good[1], good[0]], QuestionFileError, r"q.jsonl:3: question_id .* repeats line 1"),
+        "image": ([good[0], json.dumps({**lines[1], "image": "gone/x.png"}), good[2]], MissingImageError,
+                  r"q.jsonl:2: image 'gone/x.png' not found: .*gone/x.png"),
+    }
+    for name, (content, error, message) in cases.items():
+        qfile.write_text("\n".join(content) + "\n")
+        with pytest.raises(error, match=message):
+            A.file_questions(qfile, tmp_path, limit=1)  # the whole file, not only the questions asked
+        capsys.readouterr()
+        code = A.main(["--question-file", str(qfile), "--image-folder", str(tmp_path), "--methods", "none"])
+        err = capsys.readouterr().err
+        assert code == 2 and "q.jsonl" in err and "Traceback" not in err, name
+    assert issubclass(MissingImageError, FileNotFoundError) and issubclass(MissingImageError, ValueError)
+    (tmp_path / f"{lines[0]['image']}").write_bytes(b"not a png")
+    qfile.write_text("\n".join(good) + "\n")
+    with pytest.raises(QuestionFileError, match=r"q.jsonl:1: image .* cannot be read"):
+        A.file_questions(qfile, tmp_path)
+    with pytest.raises(MissingImageError, match="nothere.jsonl"):
+        A.file_questions(tmp_path / "nothere.jsonl", tmp_path)
+
+
+def test_device_and_dtype_reach_the_model_and_the_clip(tmp_path):
+    model, processor, clip, _ = A.load(dtype=torch.bfloat16, device="cpu")
+    assert model.dtype == torch.bfloat16 and clip.dtype == torch.bfloat16 and model.device.type == "cpu"
+    out = tmp_path / "r.json"
+    assert A.main(["--questions", "2", "--methods", "eadp", "--budgets", "14", "--dtype", "bfloat16",
+                   "--device-map", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "bfloat16" and report["device"] == "cpu" and report["device_map"] == "cpu"
+    assert report["max_new_tokens"] == A.MAX_NEW_TOKENS["lab"]
+    (row,) = report["results"]
+    assert row["questions"] == 2 and row["kept_tokens_mean"] == 14 and row["accuracy"] is not None
+    with pytest.raises(SystemExit):
+        A.main(["--dtype", "float33"])
 
 
 def test_lab_questions_match_the_world():

@@ -290,6 +290,40 @@ def test_clip_scorer_must_match_the_vision_tower():
         attach(model, scoring="clip")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_clip_check_tolerates_the_rounding_of_half_precision_weights(dtype):
+    """A half-precision VLM with the float32 CLIP of its tower (weights of magnitude ~0.92, as in
+    the issue) matches; a tower that differs by more than rounding does not, in either dtype."""
+    from eadp_lab.models.scorers import CLIPScorer, weights_gap
+
+    model = T.llava()
+    weight = model.model.vision_tower.embeddings.patch_embedding.weight
+    weight.mul_(0.92 / weight.abs().max())
+    clip = T.matching_clip(model)  # float32 copies of the tower
+    half_clip = T.matching_clip(model).to(dtype)
+    other = T.matching_clip(model)  # a real mismatch: a slightly different tower (5% of the weights' magnitude)
+    other.vision_model.embeddings.patch_embedding.weight.add_(0.05 * 0.92 * torch.randn_like(weight))
+    half_other = T.matching_clip(model)
+    half_other.vision_model.embeddings.patch_embedding.weight.copy_(other.vision_model.embeddings.patch_embedding.weight)
+    half_other = half_other.to(dtype)
+    tower = model.to(dtype).model.vision_tower
+    ours, theirs = clip.vision_model.embeddings.patch_embedding.weight, tower.embeddings.patch_embedding.weight
+    assert ours.dtype == torch.float32 and theirs.dtype == dtype
+    gap, tolerance = weights_gap(ours, theirs)
+    if dtype == torch.bfloat16:  # the old fixed atol=1e-3 rejected this matching tower
+        assert not torch.allclose(ours, theirs.float(), atol=1e-3)
+    assert 0 < gap <= tolerance
+    CLIPScorer(clip, T.tokenizer()).check_matches(tower)
+    CLIPScorer(half_clip, T.tokenizer()).check_matches(tower)
+    attach(model, scoring="clip", clip=clip, clip_tokenizer=T.tokenizer(), tokenizer=T.tokenizer()).remove()
+    for candidate in (other, half_other):
+        with pytest.raises(ValueError, match="different weights"):
+            CLIPScorer(candidate, T.tokenizer()).check_matches(tower)
+    with pytest.raises(ValueError, match="does not match"):
+        CLIPScorer(T.matching_clip(T.llava(seed=1)).to(dtype), T.tokenizer()).check_matches(tower)
+
+
 def test_unknown_method_and_options():
     with pytest.raises(ValueError, match="method"):
         attach(T.llava(), method="fastv")

@@ -2,7 +2,9 @@
 
     python -m eadp_lab bench accuracy [--seed S] [--questions Q] [--budgets 256,64,28,14]
         [--methods none,eadp,...] [--json OUT] [--batch 32] [--sign 1] [--positions original]
-        [--question-file F --image-folder D] [--model PATH_OR_ID] [--clip PATH_OR_ID]
+        [--question-file F --image-folder D [--answers-file A.jsonl]] [--max-new-tokens T]
+        [--model PATH_OR_ID] [--clip PATH_OR_ID] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+        [--device-map auto]
 
 By default it generates ``Q`` questions of the lab world's ``heldout`` split from seed ``S``
 and answers them with the lab LLaVA (``data/models/lab-llava``, scored in the lab CLIP's
@@ -16,8 +18,17 @@ each keep at least one visual token, and ``named_recall``, the mean share of the
 kept. A
 question file in the LLaVA evaluation format (jsonl: ``question_id``, ``image`` relative to
 ``--image-folder``, ``text``, optional ``answer`` and ``category``) runs a real benchmark
-with a real model (``--model``, ``--clip``); ``--answers-file`` writes the answers in that
-format.
+with a real model (``--model``, ``--clip``, on ``--device`` in ``--dtype``, or spread by
+``--device-map`` over several devices; default: CPU, float32). The file is checked before
+the model loads: a malformed line or a missing image stops the run with an error naming the
+file, the line and the path. ``--answers-file A.jsonl`` writes LLaVA's answer format
+(``question_id`` of the question file's own type, ``prompt``, ``text``: the whole answer,
+``answer_id``, ``model_id``, ``metadata``), one file per method and budget
+(``A-eadp-64.jsonl``, ``A-none-256.jsonl``), appended batch by batch: a rerun with the same
+arguments skips the questions already answered and resumes where an interrupted one stopped.
+Answers are generated up to ``--max-new-tokens`` (default: 3 on lab questions, whose first
+word is scored; 128 on a question file, as LLaVA's evaluation does); accuracy is always the
+exact match of the first word.
 
 Methods: ``none`` (every visual token, one row at the full token count), every method of
 the registry (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``, ``divprune``,
@@ -33,23 +44,26 @@ the registry (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``, ``divpru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
 
 from .._io import write_json
-from ..evaluation import (LAB_CLIP, LAB_LLAVA, ROOT, Question, evaluate, file_questions, first_word, lab_questions,  # noqa: F401
-                          load, load_results, markdown_table, named_kept, per_type_frame, positions_gap, prompt_for,
-                          results_frame)
+from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
+                          QuestionFileError, answers_path, check_answers, evaluate, file_questions, first_word,
+                          lab_questions, load, load_results, markdown_table, model_id_of, named_kept, per_type_frame,
+                          positions_gap, prompt_for, read_answers, results_frame)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
 
-__all__ = ["ABLATIONS", "DEFAULT_METHODS", "Question", "lab_questions", "file_questions", "method_settings",
-           "first_word", "named_kept", "load", "evaluate", "run", "main", "load_results", "results_frame",
-           "per_type_frame", "markdown_table"]
+__all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
+           "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
+           "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
+           "markdown_table"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
+# Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).
+MAX_NEW_TOKENS = {"lab": 3, "file": 128}
 
 
 def _visual_tokens(model) -> int:
@@ -60,8 +74,13 @@ def _visual_tokens(model) -> int:
 
 def run(questions: list[Question], methods, budgets, model, processor, clip=None, clip_tokenizer=None,
         scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
-        progress: bool = True, positions: str = "renumber") -> list[dict]:
-    """Every method at every budget on the same questions; ``none`` once, at the full token count."""
+        progress: bool = True, positions: str = "renumber", answers_file=None,
+        model_id: str | None = None) -> list[dict]:
+    """Every method at every budget on the same questions; ``none`` once, at the full token count.
+
+    ``answers_file``: each configuration appends to (and resumes from) its own
+    :func:`~eadp_lab.evaluation.answers_path` of it.
+    """
     from tqdm.auto import tqdm
 
     configs = []
@@ -70,13 +89,18 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
             configs.append((name, _visual_tokens(model)))
         else:
             configs += [(name, int(b)) for b in budgets]
+    paths = {c: None if answers_file is None else answers_path(answers_file, *c) for c in configs}
+    for path in paths.values():  # every answers file readable and this model's, before the first question
+        if path is not None:
+            check_answers(path, model_id or model_id_of(model))
     results = []
     with tqdm(total=len(configs) * len(questions), desc="accuracy", unit="q", disable=not progress) as bar:
         for name, budget in configs:
             bar.set_postfix(method=name, budget=budget)
             results.append(evaluate(model, processor, questions, name, budget, clip=clip, clip_tokenizer=clip_tokenizer,
                                     scoring=scoring, batch=batch, seed=seed, max_new_tokens=max_new_tokens,
-                                    sign=sign, positions=positions, bar=bar))
+                                    sign=sign, positions=positions, bar=bar, model_id=model_id,
+                                    answers_file=paths[name, budget]))
     return results
 
 
@@ -125,7 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the results here (atomically)")
     parser.add_argument("--question-file", default=None, help="LLaVA-eval jsonl (question_id, image, text, answer?)")
     parser.add_argument("--image-folder", default=None, help="folder the question file's images are relative to")
-    parser.add_argument("--answers-file", default=None, help="write every answer (jsonl) here")
+    parser.add_argument("--answers-file", default=None,
+                        help="LLaVA-format answers (jsonl), one file per method and budget: PATH with "
+                             "-METHOD-BUDGET before its suffix; a rerun resumes after the answers already there")
     parser.add_argument("--model", default=None, help="VLM path or hub id (default data/models/lab-llava)")
     parser.add_argument("--clip", default=None, help="CLIP for scoring='clip' (default data/models/lab-clip "
                                                      "with the lab LLaVA)")
@@ -137,37 +163,52 @@ def main(argv=None) -> int:
     parser.add_argument("--positions", choices=("renumber", "original"), default="renumber",
                         help="positions of the kept visual tokens: renumbered contiguously (attach's "
                              "default) or the original ones")
+    parser.add_argument("--device", default="cpu", help="where the model and the CLIP run (default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="weights of the model and the CLIP (default: %(default)s; scores stay float32)")
+    parser.add_argument("--device-map", default=None,
+                        help="from_pretrained's device_map (e.g. auto) for a model that does not fit one device; "
+                             "replaces --device for the model")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"tokens per answer (default: {MAX_NEW_TOKENS['lab']} on lab questions, "
+                             f"{MAX_NEW_TOKENS['file']} on a question file)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
-    if args.questions < 1 or args.batch < 1:
-        parser.error("--questions and --batch must be >= 1")
+    if args.questions < 1 or args.batch < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        parser.error("--questions, --batch and --max-new-tokens must be >= 1")
     if args.question_file and not args.image_folder:
         parser.error("--question-file needs --image-folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, processor, clip, clip_tokenizer = load(args.model, args.clip)
+    try:  # a bad question file stops the run before the model loads, with the file, line and path
+        questions = (file_questions(args.question_file, args.image_folder, args.questions) if args.question_file
+                     else lab_questions(args.questions, args.seed))
+    except QuestionFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS["file" if args.question_file else "lab"]
+    model, processor, clip, clip_tokenizer = load(args.model, args.clip, dtype=DTYPES[args.dtype],
+                                                  device=args.device, device_map=args.device_map)
     scoring = args.scoring or ("clip" if clip is not None else "llm")
     if scoring == "clip" and clip is None:
         parser.error("--scoring clip needs --clip (the CLIP checkpoint of the model's vision tower)")
-    if args.question_file:
-        questions = file_questions(args.question_file, args.image_folder, args.questions)
-    else:
-        questions = lab_questions(args.questions, args.seed)
-    results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
-                  args.batch, args.seed, args.max_new_tokens, args.sign, positions=args.positions)
+    model_id = str(args.model or "lab-llava")
+    try:
+        results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
+                      args.batch, args.seed, max_new_tokens, args.sign, positions=args.positions,
+                      answers_file=args.answers_file, model_id=model_id)
+    except AnswersFileError as exc:  # an answers file of another model, or not an answers file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(_table(results))
     if any(r.get("named_reached") is not None for r in results):
         print("\nquestions whose named objects all keep a token (selection, from the scene description):")
         print(_table(results, "named_reached"))
     if args.answers_file:
-        with open(args.answers_file, "w") as f:
-            for r in results:
-                for a in r["answers"]:
-                    f.write(json.dumps({**a, "model_id": str(args.model or "lab-llava"),
-                                        "metadata": {"method": r["method"], "budget": r["budget"]}}) + "\n")
+        print("\nanswers: " + ", ".join(str(answers_path(args.answers_file, r["method"], r["budget"]))
+                                        for r in results))
     if args.json:
         report = {
             "results": [{k: v for k, v in r.items() if k != "answers"} for r in results],
@@ -178,7 +219,9 @@ def main(argv=None) -> int:
             "sign_source": "--sign" if args.sign is not None else "the CLIP's config" if (
                 scoring == "clip" and clip_similarity_sign(clip) is not None) else "the presets",
             "questions": {"source": args.question_file or "lab world heldout split", "count": len(questions)},
-            "batch": args.batch, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
+            "batch": args.batch, "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
+            "device": str(model.device), "dtype": args.dtype, "device_map": args.device_map,
+            "answers_file": args.answers_file,
             "seconds": round(time.perf_counter() - start, 1),
             "command": "python -m eadp_lab bench accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         }

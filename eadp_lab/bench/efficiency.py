@@ -66,7 +66,7 @@ import torch
 
 from .._checks import check_budget, check_choice
 from .._io import write_json as _write_json
-from ..evaluation import prompt_for
+from ..evaluation import DTYPES, prompt_for
 from ..flops import kv_cache_bytes, prefill_flops
 
 __all__ = [
@@ -95,7 +95,6 @@ __all__ = [
 ]
 
 TINY_LLAVA = "tiny-llava"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("cpu", "cuda")
 QUESTIONS = [
     "What is the colour of the largest shape in the image?",

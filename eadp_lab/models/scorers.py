@@ -5,7 +5,8 @@
   dropped), passed through the CLIP checkpoint's ``post_layernorm`` and
   ``visual_projection``; the instruction goes through the CLIP text tower: per-token
   ``last_hidden_state @ text_projection`` (dense) and the pooled EOS output (global). The
-  checkpoint's vision tower must be the VLM's (LLaVA freezes it), which is checked.
+  checkpoint's vision tower must be the VLM's (LLaVA freezes it), which is checked
+  (:func:`weights_gap`: in float32, up to the rounding of the weights' dtypes).
 - :class:`LLMScorer` (``scoring="llm"``): the published Qwen2.5-VL setting, usable with any
   model: the instruction's rows of the language model's input-embedding table against the
   visual features the language model receives; the global text embedding is their mean.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TextEmbeddings", "CLIPScorer", "LLMScorer", "load_clip"]
+__all__ = ["TextEmbeddings", "CLIPScorer", "LLMScorer", "load_clip", "weights_gap"]
 
 
 @dataclass
@@ -48,6 +49,28 @@ def load_clip(name_or_path, device=None, dtype=None):
     if device is not None:
         model = model.to(device)
     return model, AutoTokenizer.from_pretrained(name_or_path)
+
+
+ROUNDING_ULPS = 2  # tolerated rounding between two copies of one checkpoint, in units of the coarser dtype's eps
+
+
+def weights_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """How far two copies of the same weights are apart, and how far rounding alone could take them.
+
+    Both are compared in float32 on the CPU. The tolerance follows the dtypes:
+    ``ROUNDING_ULPS * eps * max|w|``, with ``eps`` the machine epsilon of the coarser of the two
+    dtypes, and at least float16's (checkpoints such as llava-hf's are stored in float16, so
+    a float32 copy may carry that rounding).
+
+    Args:
+        a, b: tensors of one shape (e.g. ``(C, 3, P, P)`` patch-embedding weights), any float dtypes and devices.
+    Returns:
+        ``(max |a - b|, tolerance)`` as floats.
+    """
+    x, y = a.detach().float().cpu(), b.detach().float().cpu()
+    eps = max(torch.finfo(a.dtype).eps, torch.finfo(b.dtype).eps, torch.finfo(torch.float16).eps)
+    scale = float(torch.maximum(x.abs().max(), y.abs().max())) if x.numel() else 0.0
+    return float((x - y).abs().max()) if x.numel() else 0.0, ROUNDING_ULPS * eps * scale
 
 
 class CLIPScorer:
@@ -83,9 +106,14 @@ class CLIPScorer:
                 )
         mine = self.clip.vision_model.embeddings.patch_embedding.weight
         other = vision_tower.embeddings.patch_embedding.weight
-        if mine.shape != other.shape or not torch.allclose(mine.float().cpu(), other.float().cpu(), atol=1e-3):
-            raise ValueError("the CLIP scorer's vision tower does not match the model's: different weights "
-                             "(load the CLIP checkpoint the VLM's vision tower was taken from)")
+        if mine.shape != other.shape:
+            raise ValueError(f"the CLIP scorer's vision tower does not match the model's: patch embedding "
+                             f"{tuple(mine.shape)} != {tuple(other.shape)}")
+        gap, tolerance = weights_gap(mine, other)
+        if gap > tolerance:
+            raise ValueError(f"the CLIP scorer's vision tower does not match the model's: different weights (max "
+                             f"|difference| {gap:.3g} > {tolerance:.3g}, the rounding of {mine.dtype} / {other.dtype}; "
+                             "load the CLIP checkpoint the VLM's vision tower was taken from)")
 
     @torch.no_grad()
     def image_embeds(self, states: torch.Tensor) -> torch.Tensor:
