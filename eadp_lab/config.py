@@ -1,7 +1,8 @@
 """Settings of EADP as one frozen dataclass, and the published presets.
 
-Every field is a named step of ``ALGORITHM.md`` (EADP, ECCV 2026). A config is serialised
-next to every result (:meth:`EADPConfig.to_dict`), so a number always says how it was made.
+Every field is a named step of EADP (ECCV 2026) as the book's algorithm page states it
+(``book/algorithm.md``). A config is serialised next to every result
+(:meth:`EADPConfig.to_dict`), so a number always says how it was made.
 Taught in ``notebooks/00_tour``.
 """
 

@@ -1,7 +1,7 @@
 """Stage 1 of EADP: entropy-aware dense scoring, one small pure function per step.
 
 Implements steps 1 to 9 of EADP (Entropy-Aware Dense Pruning, Wang, Yang and Shen,
-ECCV 2026) as stated in ``ALGORITHM.md``. Every function works on a batch of *rows*
+ECCV 2026) as stated in ``book/algorithm.md``. Every function works on a batch of *rows*
 (an image, a crop of an image, or a video frame), computes in float32 whatever the input
 dtype, and stays on the inputs' device. Taught in ``notebooks/00_tour`` and
 ``notebooks/02_entropy_analysis``.

@@ -1,6 +1,6 @@
 """Stage 2 of EADP: structured selection by facility location, budget allocation, gathering.
 
-Implements steps 10 to 13 of EADP (ECCV 2026) as stated in ``ALGORITHM.md``; the greedy
+Implements steps 10 to 13 of EADP (ECCV 2026) as stated in ``book/algorithm.md``; the greedy
 is the classic one for monotone submodular maximisation (Nemhauser, Wolsey and Fisher,
 1978), made fast by lazy evaluation (Minoux, 1978) with the published tie-break. Taught
 in ``notebooks/03_submodular_selection``.
