@@ -327,3 +327,22 @@ def test_attach_clip_scoring_accepts_the_lab_pair():
     item = pruner.last.items[0]
     assert item.instruction == r.question.text and item.tokens_after == 28
     assert item.text_tokens[1:-1] == r.question.text.split()
+
+
+def test_probe_reads_the_clip_tower_or_the_llava_tower():
+    from eadp_lab.labmodels.build import pixel_values, tower_states
+    from eadp_lab.labmodels.probe import probe_examples, run
+    from eadp_lab.models.scorers import load_clip
+
+    with pytest.raises(ValueError, match="tower"):
+        run(0, 10, tower="projector")
+    report = run(3, 10, tower="clip", progress=False)
+    assert report["tower"] == "clip" and report["llava"] is None
+    assert set(report["probe"]) == {"per_patch", "object"} and set(report["alignment"]) == {"+1", "-1"}
+    # the CLIP's tower gives the examples the probe fits (layer -2 of the CLIP's own vision model)
+    clip, _ = load_clip(report["clip"], dtype=torch.float32)
+    records = sample("heldout", 2, seed=3)
+    X = probe_examples(clip.vision_model, records)["per_patch"][0]
+    layers = len(clip.vision_model.encoder.layers) - 1
+    states = tower_states(clip.vision_model, pixel_values(records[0].image[None]), layers)[0, 1:]
+    assert any(torch.allclose(torch.as_tensor(X[0]), s, atol=1e-5) for s in states)

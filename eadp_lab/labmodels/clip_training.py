@@ -66,7 +66,7 @@ class ClipTraining:
     seed: int = 0
     images: int = 40_000  # distinct `train` scenes of stage 1; stage 2 uses the first `align_images`
     # stage 1: dense pre-training of the vision tower
-    dense_steps: int = 5000
+    dense_steps: int = 7000
     dense_batch: int = 32
     dense_lr: float = 1e-3
     dense_warmup: int = 50

@@ -128,25 +128,36 @@ def alignment(clip, tokenizer, records, progress: bool = False) -> dict:
     return by_sign(summarise_grounding(token_grounding(clip, tokenizer, records, "question", progress=progress)))
 
 
-def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True) -> dict:
-    """Probes and alignment on ``scenes`` heldout scenes of ``seed`` (the shipped models by default)."""
+def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True, tower: str = "llava") -> dict:
+    """Probes and alignment on ``scenes`` heldout scenes of ``seed`` (the shipped models by default).
+
+    ``tower="llava"`` probes the lab LLaVA's visual tokens (its copy of a CLIP tower);
+    ``tower="clip"`` probes the CLIP's own tower, the states a LLaVA built on it would read
+    (for a CLIP that no LLaVA has been trained on yet).
+    """
     from transformers import LlavaForConditionalGeneration
 
     from ..models.scorers import load_clip
     from ..world import sample
     from .train import DEFAULT_CLIP, DEFAULT_LLAVA
 
+    if tower not in ("llava", "clip"):
+        raise ValueError(f"tower must be 'llava' or 'clip', got {tower!r}")
     llava, clip = Path(llava or DEFAULT_LLAVA), Path(clip or DEFAULT_CLIP)
-    for path in (llava, clip):
+    for path in (llava, clip) if tower == "llava" else (clip,):
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no model in {path} (train it: python -m eadp_lab.labmodels.train)")
     start = time.perf_counter()
     records = sample("heldout", scenes, seed=seed, workers=2 if scenes >= 64 else 1)
-    model = LlavaForConditionalGeneration.from_pretrained(llava, dtype=torch.float32).eval()
-    probe = linear_probes(probe_examples(model.model.vision_tower, records), seed=seed)
     clip_model, tokenizer = load_clip(clip, dtype=torch.float32)
+    if tower == "llava":
+        vision = LlavaForConditionalGeneration.from_pretrained(llava, dtype=torch.float32).eval().model.vision_tower
+    else:
+        vision = clip_model.vision_model
+    probe = linear_probes(probe_examples(vision, records), seed=seed)
     return {"probe": probe, "alignment": alignment(clip_model, tokenizer, records, progress),
-            "seed": seed, "scenes": scenes, "split": "heldout", "llava": str(llava), "clip": str(clip),
+            "seed": seed, "scenes": scenes, "split": "heldout", "tower": tower,
+            "llava": str(llava) if tower == "llava" else None, "clip": str(clip),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -158,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the figures here (atomically)")
     parser.add_argument("--llava", default=None, help="lab LLaVA folder (default data/models/lab-llava)")
     parser.add_argument("--clip", default=None, help="lab CLIP folder (default data/models/lab-clip)")
+    parser.add_argument("--tower", choices=("llava", "clip"), default="llava",
+                        help="probe the LLaVA's visual tokens (default) or the CLIP's own tower")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.scenes < 10:
@@ -166,7 +179,7 @@ def main(argv=None) -> int:
         parser.error("--seed must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.seed, args.scenes, args.llava, args.clip)
+    report = run(args.seed, args.scenes, args.llava, args.clip, tower=args.tower)
     report["command"] = "python -m eadp_lab probe " + " ".join(sys.argv[2:] if argv is None else argv)
     print(_summary(report))
     if args.json:
