@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements-ci.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv venv-book test test-fast book notebooks bench clean
+.PHONY: venv venv-book test test-fast book notebooks bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,15 @@ book: venv-book
 	$(PY) book/build.py execute
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env book/chapters
 	$(PY) book/build.py vendor build
-	$(PY) -m pytest -q tests/test_book_site.py --run-book
+	$(PY) -m pytest -q tests/test_book_site.py tests/test_real_format.py --run-book
 
 ## notebooks: execute the notebooks only (NB=00_tour,01_motivation_failures for some)
 notebooks: venv-book
 	$(PY) book/build.py execute $(if $(NB),--notebooks $(NB))
+
+## gpu-check: every chapter and both benches on a real checkpoint (ARGS="--model ... --question-file ..."); on CPU, on tiny real-format checkpoints
+gpu-check: venv-book
+	$(PY) -m eadp_lab.gpu_check --out runs/gpu-check $(ARGS)
 
 ## bench: the selection benchmark (fast greedy, DivPrune and CDPruner against the published loops)
 bench: venv

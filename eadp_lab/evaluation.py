@@ -31,7 +31,7 @@ from .methods.settings import clip_similarity_sign, method_settings
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
-           "score_answers", "load_results", "results_frame", "markdown_table", "per_type_frame", "positions_gap"]
+           "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -190,8 +190,9 @@ def load(model_path=None, clip_path=None, dtype=torch.float32, device=None, devi
     ``"auto"``) goes to the VLM's ``from_pretrained`` instead of ``device`` (a model that does
     not fit one device), and the CLIP then sits with the VLM's vision tower.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
+    from .models.processors import left_padded, load_processor
     from .models.scorers import load_clip
 
     model_path = LAB_LLAVA if model_path is None else model_path
@@ -201,7 +202,7 @@ def load(model_path=None, clip_path=None, dtype=torch.float32, device=None, devi
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype, **placement).eval()
     if device_map is None and device is not None:
         model = model.to(device)
-    processor = AutoProcessor.from_pretrained(model_path)
+    processor = left_padded(load_processor(model_path, model.config.model_type))
     tower = getattr(model.model, "vision_tower", None)  # with a device_map, the CLIP sits with the vision tower
     clip_device = model.device if tower is None else next(tower.parameters()).device
     clip, clip_tokenizer = (None, None) if clip_path is None else load_clip(clip_path, device=clip_device, dtype=dtype)
@@ -350,14 +351,13 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
     from contextlib import nullcontext
 
     from .models import attach, family_of
+    from .models.processors import left_padded
 
     family = family_of(model)
     model_id = model_id or model_id_of(model)
     if sign is None and scoring == "clip":
         sign = clip_similarity_sign(clip)  # the sign the CLIP declares (the lab CLIP); None: the presets' -1
-    tokenizer = processor.tokenizer
-    if tokenizer.padding_side != "left":
-        raise ValueError("the processor's tokenizer must pad on the left for batched generation")
+    tokenizer = left_padded(processor).tokenizer
     asked = {q.qid for q in questions}
     if len(asked) != len(questions):
         raise ValueError("every question needs its own question_id (answers are kept by it)")
@@ -443,6 +443,30 @@ def load_results(path) -> dict:
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     return data
+
+
+def _model_key(model) -> str:
+    """One spelling of a model: the resolved folder of a local path (``"lab"``: the lab LLaVA), else the hub id."""
+    if model is None or str(model) == "lab":
+        return str(LAB_LLAVA.resolve())
+    for base in (Path.cwd(), ROOT):
+        path = Path(model) if Path(model).is_absolute() else base / model
+        if path.is_dir():
+            return str(path.resolve())
+    return str(model)
+
+
+def results_for(model, pattern: str = "data/results/accuracy-*.json",
+                root: Path = ROOT) -> tuple[list[tuple[Path, dict]], list[Path]]:
+    """``(matching, other)``: the reports of ``pattern`` (a glob under ``root``) written
+    for ``model`` (``"lab"``, a folder or a hub id), as ``(path, report)``, the defaults first; and
+    the paths of the reports of other models (a report without ``model`` is the lab LLaVA's)."""
+    matching, other = [], []
+    key = _model_key(model)
+    for path in sorted(Path(root).glob(pattern), key=lambda p: (len(p.name), p.name)):
+        report = load_results(path)
+        (matching.append((path, report)) if _model_key(report.get("model")) == key else other.append(path))
+    return matching, other
 
 
 def results_frame(results, value: str = "accuracy"):

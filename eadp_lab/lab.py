@@ -200,10 +200,11 @@ class Lab:
 
     @property
     def grid(self) -> tuple[int, int]:
-        """``(H, W)`` visual-token grid of one image (of the base view for AnyRes models)."""
-        vision = self.model.config.vision_config
-        side = vision.image_size // vision.patch_size
-        return (side, side)
+        """``(H, W)`` visual-token grid of one image (of the base view for AnyRes models; of a
+        96 px lab-world image for Qwen2.5-VL, whose grid follows the image's size)."""
+        from .models.processors import image_grid
+
+        return image_grid(self.model, self.processor, (96, 96))
 
     @property
     def num_visual_tokens(self) -> int:
@@ -245,8 +246,16 @@ class Lab:
                              f"got {type(settings).__name__}")
         return registry, settings
 
-    def _budget(self, budget) -> int:
-        return self.num_visual_tokens if budget is None else check_budget(budget)
+    def _budget(self, budget, inputs=None) -> int:
+        """``budget`` checked; ``None``: every visual token of the image in ``inputs`` (its
+        ``image_grid_thw`` for Qwen2.5-VL), else :attr:`num_visual_tokens`."""
+        if budget is not None:
+            return check_budget(budget)
+        grid = None if inputs is None else inputs.get("image_grid_thw")
+        if grid is not None:
+            merge = self.model.config.vision_config.spatial_merge_size
+            return int(grid[0].prod()) // (merge * merge)
+        return self.num_visual_tokens
 
     # ------------------------------------------------------------------ the model
     def _attach(self, method: str, budget: int, settings):
@@ -277,10 +286,12 @@ class Lab:
         """
         image, question = _as_image(image), _as_question(question)
         registry, settings = self.settings(method, settings)
-        budget = self._budget(budget)
+        if budget is not None:
+            check_budget(budget)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         inputs = self._encode(image, question)
+        budget = self._budget(budget, inputs)
         suppress = [t for t in (getattr(self.model.config, "image_token_id", None),) if t is not None]
         with self._attach(registry, budget, settings) as pruner:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -317,7 +328,7 @@ class Lab:
         inputs = self._encode(image, question)
         inner = self.model.model
         # The pruner's capturing wrapper records what the layouts need (vision states, sizes).
-        with self._attach("none", self.num_visual_tokens, None) as pruner:
+        with self._attach("none", self._budget(None, inputs), None) as pruner:
             fn = inner.get_image_features
             names = [k for k in inspect.signature(fn).parameters if k != "kwargs"]
             out = fn(**{k: inputs[k] for k in names if k in inputs and inputs[k] is not None}, return_dict=True)
@@ -349,7 +360,8 @@ class Lab:
         (text-guided methods), ``picks``, ``trace``.
         """
         registry, settings = self.settings(method, settings)
-        return prune(registry, self.prune_inputs(image, question), self._budget(budget), settings)
+        inputs = self.prune_inputs(image, question)
+        return prune(registry, inputs, inputs.features.shape[1] if budget is None else check_budget(budget), settings)
 
     def word_scores(self, image, question: str, temperature: float | None = None,
                     sign: float | None = None) -> WordScores:

@@ -262,3 +262,19 @@ def test_lab_questions_match_the_world():
     for q, r in zip(qs, rs):
         assert q.named == tuple(sorted({k for ref in r.question.refs for k in ref}))
         assert q.masks.shape == (len(r.scene.objects), 256) and q.masks.dtype == torch.bool
+
+
+def test_results_for_keeps_the_loaded_models_reports(tmp_path):
+    from eadp_lab.evaluation import LAB_LLAVA, results_for
+
+    rows = [{"method": "none", "budget": 256, "accuracy": 0.5, "n": 2}]
+    folder = tmp_path / "data" / "results"
+    folder.mkdir(parents=True)
+    (folder / "accuracy-lab.json").write_text(json.dumps({"results": rows, "model": str(LAB_LLAVA)}))
+    (folder / "accuracy-old.json").write_text(json.dumps({"results": rows}))  # no model: the lab LLaVA's
+    (folder / "accuracy-llava.json").write_text(json.dumps({"results": rows, "model": "llava-hf/llava-1.5-7b-hf"}))
+    mine, other = results_for("lab", root=tmp_path)
+    assert [p.name for p, _ in mine] == ["accuracy-lab.json", "accuracy-old.json"]
+    assert [p.name for p in other] == ["accuracy-llava.json"]
+    mine, other = results_for("llava-hf/llava-1.5-7b-hf", root=tmp_path)
+    assert [p.name for p, _ in mine] == ["accuracy-llava.json"] and len(other) == 2

@@ -346,3 +346,36 @@ def test_probe_reads_the_clip_tower_or_the_llava_tower():
     layers = len(clip.vision_model.encoder.layers) - 1
     states = tower_states(clip.vision_model, pixel_values(records[0].image[None]), layers)[0, 1:]
     assert any(torch.allclose(torch.as_tensor(X[0]), s, atol=1e-5) for s in states)
+
+
+def test_word_alignment_loss_rewards_tokens_that_point_at_their_own_words():
+    from eadp_lab.labmodels.losses import word_alignment_loss
+
+    torch.manual_seed(0)
+    embeddings = torch.randn(20, 8)
+    groups = [torch.tensor([3, 4, 5]), torch.tensor([10, 11])]
+    labels = torch.tensor([[[1, 2], [3, 1], [0, 0]]])  # (B=1, N=3, A=2); the last patch is background
+    right = torch.stack([embeddings[3] + embeddings[11], embeddings[5] + embeddings[10], torch.randn(8)])[None] * 4
+    wrong = torch.stack([embeddings[4] + embeddings[10], embeddings[3] + embeddings[11], torch.randn(8)])[None] * 4
+    assert word_alignment_loss(right, embeddings, labels, groups) < word_alignment_loss(wrong, embeddings, labels, groups)
+    # background is not scored: changing its token changes nothing
+    moved = right.clone()
+    moved[0, 2] = 100.0
+    assert torch.equal(word_alignment_loss(moved, embeddings, labels, groups),
+                       word_alignment_loss(right, embeddings, labels, groups))
+
+
+def test_attribute_labels_follow_the_patch_targets():
+    from eadp_lab.labmodels.llava_training import attribute_labels, attribute_word_ids
+    from eadp_lab.world.words import COLOURS, SHAPES, SIZES
+    from eadp_lab.world.scenes import sample_scene
+    from eadp_lab.world.config import WorldConfig
+
+    scene = sample_scene(np.random.default_rng(3), WorldConfig())
+    labels = attribute_labels([scene], 256)
+    assert labels.shape == (1, 256, 3) and labels.dtype == torch.uint8
+    on = labels[0, :, 0] > 0
+    assert on.any() and (~on).any()
+    colours = {COLOURS[int(c) - 1] for c in labels[0, on, 0]}
+    assert colours <= {o.colour for o in scene.objects}
+    assert [len(g) for g in attribute_word_ids()] == [len(COLOURS), len(SHAPES), len(SIZES)]

@@ -53,7 +53,7 @@ from .._io import write_json
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
                           QuestionFileError, answers_path, check_answers, evaluate, file_questions, first_word,
                           lab_questions, load, load_results, markdown_table, model_id_of, named_kept, per_type_frame,
-                          positions_gap, prompt_for, read_answers, results_frame)
+                          positions_gap, prompt_for, read_answers, results_for, results_frame)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
@@ -66,10 +66,19 @@ DEFAULT_BUDGETS = (256, 64, 28, 14)
 MAX_NEW_TOKENS = {"lab": 3, "file": 128}
 
 
-def _visual_tokens(model) -> int:
-    image_size = model.config.vision_config.image_size
-    patch = model.config.vision_config.patch_size
-    return (image_size // patch) ** 2
+def _visual_tokens(model, processor, questions) -> int:
+    """Visual tokens of one image (of the first question's image size where the resolution is dynamic)."""
+    from ..models.processors import image_grid
+
+    first = questions[0].image if questions else None
+    if hasattr(first, "shape"):  # an (H, W, 3) array
+        size = tuple(first.shape[:2])
+    elif hasattr(first, "size") and not callable(first.size):  # a PIL image: (width, height)
+        size = (first.size[1], first.size[0])
+    else:
+        size = (96, 96)  # a lab-world image
+    H, W = image_grid(model, processor, size)
+    return H * W
 
 
 def run(questions: list[Question], methods, budgets, model, processor, clip=None, clip_tokenizer=None,
@@ -86,7 +95,7 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
     configs = []
     for name in methods:
         if name == "none":
-            configs.append((name, _visual_tokens(model)))
+            configs.append((name, _visual_tokens(model, processor, questions)))
         else:
             configs += [(name, int(b)) for b in budgets]
     paths = {c: None if answers_file is None else answers_path(answers_file, *c) for c in configs}

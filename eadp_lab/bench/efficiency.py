@@ -159,9 +159,10 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     torch_dtype = DTYPES[dtype]
     if model == TINY_LLAVA:
         return tiny_llava(dtype=torch_dtype).to(device), None, "built-in tiny random LLaVA-1.5 (576 visual tokens)"
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from ..models.layouts import FAMILIES
+    from ..models.processors import load_processor
 
     path = Path(model)
     local = path.is_dir()
@@ -184,7 +185,7 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     processor = None
     if not local or _has_processor(path):
         try:
-            processor = AutoProcessor.from_pretrained(model, local_files_only=local)
+            processor = load_processor(model, config.model_type, local_files_only=local)
         except Exception as exc:  # noqa: BLE001 (e.g. video processors need torchvision)
             print(f"note: no usable processor for {model!r} ({type(exc).__name__}: {exc}); inputs are made by hand",
                   file=sys.stderr)

@@ -118,3 +118,27 @@ def cosine_schedule(step: int, total: int, warmup: int, floor: float = 0.05) -> 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+
+def word_alignment_loss(visual: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor,
+                        groups: list[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of each object patch's projected visual token against the word embeddings
+    of its own colour, shape and size (LLaVA's stage-1 idea: visual tokens in the language
+    model's word space), averaged over the attribute groups.
+
+    Args:
+        visual: ``(B, N, D)`` projected visual tokens; embeddings: ``(V, D)`` the language
+            model's input word embeddings.
+        labels: ``(B, N, A)`` long, per patch the 1-based class of its object in each of the
+            ``A`` attribute groups (0 on background, which is not scored).
+        groups: ``A`` id tensors, the vocabulary ids of each group's words in class order.
+    Logits are ``visual @ embeddings[group].T`` in float32.
+    """
+    total = visual.new_zeros((), dtype=torch.float32)
+    for g, ids in enumerate(groups):
+        on = labels[..., g] > 0
+        if not bool(on.any()):
+            continue
+        logits = visual[on].float() @ embeddings[ids.to(embeddings.device)].float().T  # (P, k)
+        total = total + F.cross_entropy(logits, labels[..., g][on] - 1)
+    return total / len(groups)
