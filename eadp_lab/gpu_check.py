@@ -38,10 +38,17 @@ CHAPTERS = tuple(sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.
 REAL = {"model": "llava-hf/llava-1.5-7b-hf", "clip": "openai/clip-vit-large-patch14-336"}
 
 
+def _local(path):
+    """A path that exists here, made absolute (the chapters run in ``notebooks/``); a hub id unchanged."""
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
+
+
 def plan(args) -> dict:
-    """The model, CLIP, device, dtype and question file the run uses (building the tiny checkpoints if needed)."""
+    """The model, CLIP, device, dtype and question file the run uses (building the tiny checkpoints if needed).
+
+    Local paths come back absolute, since the chapters execute in ``notebooks/``."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     if args.model is None and device == "cpu":
         from .bench.tiny_checkpoints import build_all
 
@@ -52,8 +59,8 @@ def plan(args) -> dict:
     clip = args.clip if args.clip is not None else (REAL["clip"] if args.model is None else None)
     if args.question_file is None:
         raise SystemExit("error: --question-file is needed with a real model (a LLaVA-format jsonl)")
-    return {"model": model, "clip": clip, "device": device, "dtype": args.dtype or "float16",
-            "question_file": args.question_file, "image_folder": args.image_folder, "tiny": False}
+    return {"model": _local(model), "clip": _local(clip), "device": device, "dtype": args.dtype or "float16",
+            "question_file": _local(args.question_file), "image_folder": _local(args.image_folder), "tiny": False}
 
 
 def _step(summary: dict, name: str, fn) -> None:

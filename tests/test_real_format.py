@@ -124,3 +124,22 @@ def test_chapters_run_on_a_real_format_checkpoint(tiny, chapter, tmp_path):
                       batch=2, efficiency_samples=1, efficiency_repeats=1)
     papermill.execute_notebook(str(ROOT / "notebooks" / f"{chapter}.ipynb"), str(tmp_path / f"{chapter}.ipynb"),
                                parameters=params, cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+
+
+def test_gpu_check_plan_makes_local_paths_absolute(tmp_path, monkeypatch):
+    """The chapters execute in notebooks/: a relative local model folder must reach them absolute,
+    while a hub id passes unchanged (a relative path once failed every chapter with HFValidationError)."""
+    import argparse
+
+    from eadp_lab.gpu_check import plan
+
+    (tmp_path / "models" / "llava").mkdir(parents=True)
+    (tmp_path / "q.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(device="cuda", out="runs", model="models/llava", clip="openai/clip-vit-large-patch14-336",
+                              question_file="q.jsonl", image_folder=None, dtype=None, questions=8)
+    setup = plan(args)
+    assert setup["model"] == str(tmp_path / "models" / "llava")
+    assert setup["question_file"] == str(tmp_path / "q.jsonl")
+    assert setup["clip"] == "openai/clip-vit-large-patch14-336" and setup["image_folder"] is None
+    assert setup["dtype"] == "float16" and not setup["tiny"]
