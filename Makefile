@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements-ci.txt
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv venv-book test test-fast book notebooks bench gpu-check clean
+.PHONY: venv venv-book test test-fast book notebooks lab bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ book: venv-book
 ## notebooks: execute the notebooks only (NB=00_tour,01_motivation_failures for some)
 notebooks: venv-book
 	$(PY) book/build.py execute $(if $(NB),--notebooks $(NB))
+
+# The chapters live: JupyterLab on the project's environment (kernel python3 = .venv's Python).
+lab: venv-book
+	$(VENV)/bin/jupyter lab notebooks/ $(ARGS)
 
 ## gpu-check: every chapter and both benches on a real checkpoint (ARGS="--model ... --question-file ..."); on CPU, on tiny real-format checkpoints
 gpu-check: venv-book
