@@ -42,7 +42,7 @@ book: venv-book
 	$(PY) book/build.py execute
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env book/chapters
 	$(PY) book/build.py vendor build
-	$(PY) -m pytest -q tests/test_book_site.py tests/test_real_format.py --run-book
+	$(PY) -m pytest -q tests/test_book_site.py tests/test_live_lab.py tests/test_real_format.py --run-book
 
 ## notebooks: execute the notebooks only (NB=00_tour,01_motivation_failures for some)
 notebooks: venv-book

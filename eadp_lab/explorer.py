@@ -189,7 +189,8 @@ class Explorer:
         self.redraws += 1
         self.status.value = (
             f"<b>Q:</b> {question} &nbsp; <b>truth:</b> {record.answer} &nbsp; "
-            f"<b>answer ({self.answer.num_kept} of {self.lab.num_visual_tokens} tokens):</b> {self.answer.text!r} "
+            f"<b>{self.method} answer ({self.answer.num_kept} of {self.lab.num_visual_tokens} tokens):</b> "
+            f"{self.answer.text!r} "
             f"&nbsp; <b>with every token:</b> {self.full_answer!r}")
         self._draw()
 
