@@ -33,6 +33,7 @@ import torch
 
 from . import scoring
 from ._checks import check_budget, check_choice
+from ._quiet import quiet_transformers
 from .evaluation import LAB_CLIP, LAB_LLAVA, as_dtype, load, prompt_for, to_model
 from .methods import METHODS, PruneInputs, PruneResult, prune
 from .methods.settings import ABLATIONS, clip_similarity_sign, method_names, method_settings
@@ -96,20 +97,8 @@ class WordScores:
 
 def _quietly(fn, *args, **kwargs):
     """Call ``fn`` without transformers' progress bars and warnings (they would become widgets in a notebook)."""
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity(logging.ERROR)
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers(hide_progress_bars=True):
         return fn(*args, **kwargs)
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _as_image(image) -> np.ndarray | object:
@@ -253,8 +242,10 @@ class Lab:
             return check_budget(budget)
         grid = None if inputs is None else inputs.get("image_grid_thw")
         if grid is not None:
-            merge = self.model.config.vision_config.spatial_merge_size
-            return int(grid[0].prod()) // (merge * merge)
+            from .models.layouts import merged_grid
+
+            t, h, w = merged_grid(self.model.config.vision_config, grid[0])
+            return t * h * w
         return self.num_visual_tokens
 
     # ------------------------------------------------------------------ the model

@@ -47,6 +47,7 @@ import argparse
 import sys
 import time
 
+import numpy as np
 import torch
 
 from .._io import write_json
@@ -70,13 +71,9 @@ def _visual_tokens(model, processor, questions) -> int:
     """Visual tokens of one image (of the first question's image size where the resolution is dynamic)."""
     from ..models.processors import image_grid
 
+    # a question's image is an (H, W, 3) array or a PIL image (both read as arrays); else a lab-world image
     first = questions[0].image if questions else None
-    if hasattr(first, "shape"):  # an (H, W, 3) array
-        size = tuple(first.shape[:2])
-    elif hasattr(first, "size") and not callable(first.size):  # a PIL image: (width, height)
-        size = (first.size[1], first.size[0])
-    else:
-        size = (96, 96)  # a lab-world image
+    size = (96, 96) if first is None else np.asarray(first).shape[:2]
     H, W = image_grid(model, processor, size)
     return H * W
 

@@ -112,15 +112,14 @@ def _save_tokenizer(tk, out: Path, cls: str, **config):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(out)
-    _tokenizer_config(out, tokenizer_class=cls, **config)
+    _set_keys(out / "tokenizer_config.json", tokenizer_class=cls, **config)
     return AutoTokenizer.from_pretrained(out)
 
 
-def _tokenizer_config(out: Path, **config) -> None:
-    """Set keys of ``out/tokenizer_config.json`` (a processor's save writes its own tokenizer class)."""
-    path = out / "tokenizer_config.json"
+def _set_keys(path: Path, **keys) -> None:
+    """Set ``keys`` in the JSON file ``path`` (what a ``save_pretrained`` wrote is patched, not rewritten)."""
     spec = json.loads(path.read_text())
-    spec.update(config)
+    spec.update(keys)
     path.write_text(json.dumps(spec, indent=2))
 
 
@@ -180,7 +179,7 @@ def _llava(out: Path, next_: bool, seed: int) -> Path:
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_TEMPLATE)
     processor.save_pretrained(out)
-    _tokenizer_config(out, tokenizer_class="LlamaTokenizer")
+    _set_keys(out / "tokenizer_config.json", tokenizer_class="LlamaTokenizer")  # the processor wrote its own
     if not next_:
         clip_out = out.parent / "clip"
         clip_out.mkdir(parents=True, exist_ok=True)
@@ -213,25 +212,18 @@ def _qwen(out: Path, seed: int) -> Path:
     image = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056, patch_size=14, merge_size=2,
                                      temporal_patch_size=2, image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
     image.save_pretrained(out)
-    spec = json.loads((out / "preprocessor_config.json").read_text())
-    spec.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor")
-    (out / "preprocessor_config.json").write_text(json.dumps(spec, indent=2))
+    _set_keys(out / "preprocessor_config.json", image_processor_type="Qwen2VLImageProcessor",
+              processor_class="Qwen2_5_VLProcessor")
     (out / "chat_template.jinja").write_text(QWEN_TEMPLATE)
     return out
 
 
 def build(fmt: str, out, seed: int = 0) -> Path:
     """Write the tiny checkpoint of format ``fmt`` (one of :data:`FORMATS`) into ``out``; returns ``out``."""
-    import logging
+    from .._quiet import quiet_transformers
 
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # "falls back to the PIL backend" without torchvision
-    try:
+    with quiet_transformers():  # "falls back to the PIL backend" without torchvision
         return _build(fmt, Path(out), seed)
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def _build(fmt: str, out: Path, seed: int) -> Path:

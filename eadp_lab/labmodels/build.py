@@ -122,19 +122,14 @@ def build_llava(clip, size: LlavaSize = LlavaSize(), seed: int = 0):
 
 def image_processor(image_size: int = 96):
     """A ``CLIPImageProcessor`` for ``image_size`` px images (resize and crop are no-ops on them)."""
-    import logging
-
     from transformers import CLIPImageProcessor
-    from transformers.utils import logging as hf_logging
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # "falls back to the PIL backend" when torchvision is missing
-    try:
+    from .._quiet import quiet_transformers
+
+    with quiet_transformers():  # "falls back to the PIL backend" when torchvision is missing
         return CLIPImageProcessor(size={"shortest_edge": image_size},
                                   crop_size={"height": image_size, "width": image_size},
                                   image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 # The lab LLaVA asks its question before the image ("USER: {question} <image> ASSISTANT:"): the

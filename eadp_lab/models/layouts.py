@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ItemLayout", "family_of", "FAMILIES", "item_layouts"]
+__all__ = ["ItemLayout", "family_of", "FAMILIES", "item_layouts", "merged_grid"]
 
 FAMILIES = {
     "LlavaForConditionalGeneration": "llava",
@@ -68,6 +68,15 @@ class ItemLayout:
     vision: list[torch.Tensor] | None = None
     newlines: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     always: list[int] = field(default_factory=list)
+
+
+def merged_grid(vision_config, thw) -> tuple[int, int, int]:
+    """``(t, H, W)`` visual tokens of one Qwen2.5-VL item from its ``image_grid_thw`` (or
+    ``video_grid_thw``) row ``(t, h, w)`` of patches: ``h`` and ``w`` divided by the
+    ``spatial_merge_size`` (2x2 patches make one token)."""
+    t, h, w = (int(v) for v in thw)
+    merge = vision_config.spatial_merge_size
+    return t, h // merge, w // merge
 
 
 def _patch_side(config) -> int:
@@ -183,10 +192,9 @@ def item_layouts(family, inner, modality, sizes, samples, captured) -> list[Item
         grid_thw = kwargs.get(f"{modality}_grid_thw")
         if grid_thw is None:
             raise RuntimeError(f"Qwen2.5-VL {modality}_grid_thw was not seen; cannot lay out the tokens")
-        merge = config.vision_config.spatial_merge_size
         out = []
         for (t, hh, ww), n, b in zip(grid_thw.tolist(), sizes, samples):
-            gh, gw = hh // merge, ww // merge
+            _, gh, gw = merged_grid(config.vision_config, (t, hh, ww))
             if t * gh * gw != n:
                 raise RuntimeError(f"grid {t}x{hh}x{ww} does not give the model's {n} tokens")
             rows = [torch.arange(g * gh * gw, (g + 1) * gh * gw) for g in range(t)]

@@ -71,16 +71,10 @@ def load_processor(path, model_type: str | None = None, **kwargs):
             raise
     _say_once(("processor", str(path)), f"{path}: torchvision is not installed, so the Qwen2.5-VL processor is "
                                         "used for images only (PIL image processor; videos need torchvision)")
-    import logging
+    from .._quiet import quiet_transformers
 
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # "falling back to Qwen2VLImageProcessorPil" (what is wanted)
-    try:
+    with quiet_transformers():  # "falling back to Qwen2VLImageProcessorPil" (what is wanted)
         return _image_only_class().from_pretrained(path, **kwargs)
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def left_padded(processor):
@@ -101,16 +95,17 @@ def image_grid(model, processor=None, size: tuple[int, int] = (96, 96)) -> tuple
     image. Qwen2.5-VL: the processor's ``image_grid_thw`` for a ``size`` image divided by the
     ``spatial_merge_size`` (``processor`` required).
     """
+    from .layouts import merged_grid
+
     vision = model.config.vision_config
     if getattr(vision, "image_size", None) is not None:
         side = vision.image_size // vision.patch_size
         return (side, side)
-    merge = getattr(vision, "spatial_merge_size", None)
-    if merge is None:
+    if getattr(vision, "spatial_merge_size", None) is None:
         raise ValueError(f"cannot tell the visual-token grid of a {type(model).__name__}")
     if processor is None:
         raise ValueError("the visual-token grid of a dynamic-resolution model (Qwen2.5-VL) needs its processor")
     image_processor = getattr(processor, "image_processor", processor)
     blank = np.zeros((size[0], size[1], 3), np.uint8)
-    _, h, w = image_processor(images=[blank], return_tensors="pt")["image_grid_thw"][0].tolist()
-    return (h // merge, w // merge)
+    _, h, w = merged_grid(vision, image_processor(images=[blank], return_tensors="pt")["image_grid_thw"][0])
+    return (h, w)
