@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory):
-    """``(url of the notebook, process)``: JupyterLab serving a copy of chapter 06."""
+    """The URL of a copy of chapter 06 in JupyterLab (its log in the temporary folder, so a full pipe never stalls it)."""
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / NOTEBOOK)
     config = tmp_path_factory.mktemp("lab-settings")
@@ -48,12 +49,12 @@ def jupyterlab(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(config),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    log_path = config / "jupyterlab.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip", "127.0.0.1", "--port", str(port),
          f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import urllib.request
-
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -61,7 +62,7 @@ def jupyterlab(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail("JupyterLab exited: " + proc.stdout.read()[-2000:])
+                pytest.fail("JupyterLab exited: " + log_path.read_text()[-2000:])
             time.sleep(0.5)
     else:
         proc.kill()
@@ -72,6 +73,7 @@ def jupyterlab(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
 
 
 def _state(page) -> tuple[str, str]:
