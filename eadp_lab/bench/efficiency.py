@@ -86,6 +86,7 @@ __all__ = [
     "PeakMemory",
     "measure_configuration",
     "add_ratios",
+    "measure_all",
     "check_arguments",
     "run",
     "format_table",
@@ -558,6 +559,32 @@ def _split(value, name: str) -> list[str]:
     return value
 
 
+def measure_all(model, samples: list[dict], methods, budgets, *, repeats: int = 5, warmup: int = 1,
+                max_new_tokens: int = 16, attach_kwargs: dict | None = None, memory=None, settings_for=None,
+                progress: bool = True) -> list[dict]:
+    """``none`` once, then every method of ``methods`` at every budget: the rows of
+    :func:`measure_configuration` (each with its ``method`` label), with :func:`add_ratios`.
+
+    ``settings_for(label) -> (registry method, settings)`` maps a label to what is attached
+    (e.g. :meth:`eadp_lab.lab.Lab.settings`, for ablations such as ``eadp-topk``); without it a
+    label is the registry name and the method's defaults are used.
+    """
+    from tqdm.auto import tqdm
+
+    configs = [("none", None)] + [(m, b) for m in methods if m != "none" for b in budgets]
+    rows = []
+    bar = tqdm(configs, desc="efficiency", unit="config", disable=not progress, file=sys.stderr)
+    for label, budget in bar:
+        bar.set_postfix_str(label if budget is None else f"{label} @ {budget}")
+        method, kwargs = label, dict(attach_kwargs or {})
+        if settings_for is not None:
+            method, kwargs["settings"] = settings_for(label)
+        row = measure_configuration(model, samples, method, budget, repeats=repeats, warmup=warmup,
+                                    max_new_tokens=max_new_tokens, attach_kwargs=kwargs, memory=memory)
+        rows.append({**row, "method": label})
+    return add_ratios(rows)
+
+
 def check_arguments(methods, budgets, *, questions: int = 2, repeats: int = 5, warmup: int = 1,
                     max_new_tokens: int = 16, device: str = "cpu", dtype: str = "float32", scoring: str = "llm",
                     clip=None) -> tuple[list[str], list[int]]:
@@ -620,8 +647,6 @@ def run(model: str = TINY_LLAVA, methods="none,eadp,pool", budgets="192,128,64",
         :func:`add_ratios`, per-sample counts (``samples``) and every timing (``*_ms_all``).
         Counts are means over samples (ints when all samples agree).
     """
-    from tqdm.auto import tqdm
-
     methods, budgets = check_arguments(methods, budgets, questions=questions, repeats=repeats, warmup=warmup,
                                        max_new_tokens=max_new_tokens, device=device, dtype=dtype, scoring=scoring,
                                        clip=clip)
@@ -633,14 +658,8 @@ def run(model: str = TINY_LLAVA, methods="none,eadp,pool", budgets="192,128,64",
 
         attach_kwargs["clip"], attach_kwargs["clip_tokenizer"] = load_clip(clip, device=device, dtype=DTYPES[dtype])
     memory = PeakMemory(torch.device(device))
-    configs = [("none", None)] + [(m, b) for m in methods[1:] for b in budgets]
-    rows = []
-    bar = tqdm(configs, desc="efficiency", unit="config", disable=not progress, file=sys.stderr)
-    for method, budget in bar:
-        bar.set_postfix_str(method if budget is None else f"{method} @ {budget}")
-        rows.append(measure_configuration(vlm, samples, method, budget, repeats=repeats, warmup=warmup,
-                                          max_new_tokens=max_new_tokens, attach_kwargs=attach_kwargs, memory=memory))
-    add_ratios(rows)
+    rows = measure_all(vlm, samples, methods[1:], budgets, repeats=repeats, warmup=warmup,
+                       max_new_tokens=max_new_tokens, attach_kwargs=attach_kwargs, memory=memory, progress=progress)
     import transformers
 
     settings = dict(
