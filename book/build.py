@@ -8,7 +8,8 @@
 2. vendor: MathJax 3, RequireJS and the ipywidgets HTML manager come from the npm registry
    (`npm pack`, cached in `.cache/npm/`) into `book/_vendor/`, so that pages load nothing
    from a CDN.
-3. build: `jupyter-book build` (1.x) with warnings as errors, then a check that no built
+3. build: the shipped models' cards (`data/models/*/README.md`) become pages under
+   `book/models/` (git-ignored; YAML front matter dropped), then `jupyter-book build` (1.x) with warnings as errors, then a check that no built
    page loads a script or stylesheet from a CDN (sphinx-thebe's URL constant stays: thebe is
    off and never loads; tests/test_book_site.py proves in a browser that nothing leaves
    127.0.0.1).
@@ -31,6 +32,8 @@ BOOK = Path(__file__).resolve().parent
 ROOT = BOOK.parent
 NOTEBOOKS = ROOT / "notebooks"
 CHAPTERS = BOOK / "chapters"
+MODELS = ROOT / "data" / "models"
+CARDS = BOOK / "models"
 VENDOR = BOOK / "_vendor"
 CACHE = ROOT / ".cache" / "npm"
 NPM_PACKAGES = {  # npm package -> folder under book/_vendor
@@ -108,9 +111,24 @@ def vendor() -> None:
     shutil.copy(BOOK / "_ext" / "widgets-config.js", VENDOR / "widgets-config.js")
 
 
+def model_cards() -> list[Path]:
+    """One book page per shipped model card, ``book/models/<model>.md``, front matter dropped."""
+    CARDS.mkdir(exist_ok=True)
+    pages = []
+    for card in sorted(MODELS.glob("*/README.md")):
+        text = card.read_text()
+        if text.startswith("---\n"):
+            text = text[text.index("\n---\n", 4) + 5:]
+        page = CARDS / f"{card.parent.name}.md"
+        page.write_text(text.lstrip("\n"))
+        pages.append(page)
+    return pages
+
+
 def build() -> None:
     """Build the HTML book and fail if a page still loads something from a CDN."""
     started = time.perf_counter()
+    model_cards()
     subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(BOOK), "-W", "-n", "--keep-going"],
                    check=True)
     html = BOOK / "_build" / "html"

@@ -31,7 +31,8 @@ from .methods.settings import clip_similarity_sign, method_settings
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
-           "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap"]
+           "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
+           "blind_baseline", "against_chance"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -554,3 +555,50 @@ def positions_gap(renumbered, original):
         raise ValueError("the two runs must cover the same methods and budgets")
     gap = a - b
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
+
+
+def blind_baseline(questions) -> dict:
+    """Per question type, the best a model that ignores the image can do with one fixed answer:
+    ``{qtype: {"answer": the type's most frequent answer, "accuracy": its share, "questions": n}}``,
+    computed on these ``questions`` (objects with ``qtype`` and ``answer``; unanswered ones skipped).
+    Yes/no types balanced by construction sit at 50%."""
+    from collections import Counter
+
+    answers: dict[str, Counter] = {}
+    for q in questions:
+        if q.answer is not None:
+            answers.setdefault(q.qtype or "all", Counter())[first_word(q.answer)] += 1
+    out = {}
+    for qtype, counts in sorted(answers.items()):
+        answer, hits = counts.most_common(1)[0]
+        out[qtype] = {"answer": answer, "accuracy": hits / sum(counts.values()), "questions": sum(counts.values())}
+    return out
+
+
+def against_chance(results, questions):
+    """Full-token accuracy (``none``) per question type beside the blind baseline
+    (:func:`blind_baseline`), as a ``pandas.DataFrame`` indexed by type with ``all`` last:
+    ``questions``, ``blind answer``, ``blind accuracy``, ``accuracy (all tokens)`` and
+    ``above blind`` (their difference, fractions).
+
+    Args:
+        results: rows of :func:`eadp_lab.bench.accuracy.run` (or its report) that include ``none``.
+        questions: the questions those rows were scored on.
+    """
+    import pandas as pd
+
+    full = next((r for r in _result_rows(results) if r["method"] == "none"), None)
+    if full is None:
+        raise ValueError("the results hold no 'none' run (every visual token), the accuracy to compare")
+    blind = blind_baseline(questions)
+    per_type = full.get("per_type") or {}
+    rows = {t: {"questions": b["questions"], "blind answer": b["answer"], "blind accuracy": b["accuracy"],
+                "accuracy (all tokens)": per_type.get(t, {}).get("accuracy", float("nan"))} for t, b in blind.items()}
+    n = sum(b["questions"] for b in blind.values())
+    rows["all"] = {"questions": n, "blind answer": "(per type)",
+                   "blind accuracy": sum(b["accuracy"] * b["questions"] for b in blind.values()) / max(n, 1),
+                   "accuracy (all tokens)": full["accuracy"]}
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame["above blind"] = frame["accuracy (all tokens)"] - frame["blind accuracy"]
+    frame.index.name = "question type"
+    return frame

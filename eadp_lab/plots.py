@@ -74,8 +74,10 @@ def image_panel(image, ax=None, title: str | None = None):
 
 
 def grid_heatmap(values, grid: tuple[int, int], image=None, ax=None, title: str | None = None, alpha: float = 0.65,
-                 cmap: str = "magma", colorbar: bool = False):
-    """A token score ``(N,)`` laid out on its ``(H, W)`` grid, over the image if given."""
+                 cmap: str = "magma", colorbar: bool = True, label: str = "bright = high", vmin=None, vmax=None):
+    """A token score ``(N,)`` laid out on its ``(H, W)`` grid, over the image if given, with a
+    colour bar (``label``) unless ``colorbar=False``; ``vmin``/``vmax`` fix the scale (e.g. shared
+    across panels)."""
     ax = _ax(ax)
     H, W = grid
     v = _np(values)[: H * W].reshape(H, W)
@@ -83,14 +85,17 @@ def grid_heatmap(values, grid: tuple[int, int], image=None, ax=None, title: str 
         img = _np(image)
         ax.imshow(img.astype(np.uint8))
         extent = (0, img.shape[1], img.shape[0], 0)
-        im = ax.imshow(v, cmap=cmap, alpha=alpha, extent=extent, interpolation="nearest")
+        im = ax.imshow(v, cmap=cmap, alpha=alpha, extent=extent, interpolation="nearest", vmin=vmin, vmax=vmax)
     else:
-        im = ax.imshow(v, cmap=cmap, interpolation="nearest")
+        im = ax.imshow(v, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.ax.tick_params(labelsize="x-small")
+        if label:
+            bar.set_label(label, fontsize="x-small")
     return ax
 
 
@@ -131,20 +136,27 @@ def token_bars(tokens: list[str], values, kept=None, ax=None, ylabel: str = "spa
 
 
 def token_maps(maps, tokens: list[str], grid: tuple[int, int], image=None, columns: int = 6, size: float = 1.7,
-               highlight=None):
-    """Small multiples: one map over the grid per text token (e.g. its spatial distribution)."""
+               highlight=None, label: str = "bright = high (one scale for every panel)"):
+    """Small multiples: one map over the grid per text token (e.g. its spatial distribution),
+    all on one colour scale with one colour bar, so a diffuse map looks flat beside a peaked one."""
     plt = _plt()
     n = len(tokens)
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 0.8, size * rows + 0.3), squeeze=False)
     marked = set(int(k) for k in _np(highlight).ravel()) if highlight is not None else set()
+    values = _np(maps)
+    vmin, vmax = float(np.nanmin(values[:n])), float(np.nanmax(values[:n]))
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.set_axis_off()
             continue
-        grid_heatmap(_np(maps)[i], grid, image=image, ax=ax)
+        grid_heatmap(values[i], grid, image=image, ax=ax, colorbar=False, vmin=vmin, vmax=vmax)
         ax.set_title(("* " if i in marked else "") + tokens[i], fontsize=9)
     fig.tight_layout()
+    if n:
+        bar = fig.colorbar(axes.flat[0].images[-1], ax=axes.ravel().tolist(), fraction=0.02, pad=0.02)
+        bar.ax.tick_params(labelsize="x-small")
+        bar.set_label(label, fontsize="x-small")
     return fig
 
 

@@ -278,3 +278,25 @@ def test_results_for_keeps_the_loaded_models_reports(tmp_path):
     assert [p.name for p in other] == ["accuracy-llava.json"]
     mine, other = results_for("llava-hf/llava-1.5-7b-hf", root=tmp_path)
     assert [p.name for p, _ in mine] == ["accuracy-llava.json"] and len(other) == 2
+
+
+def test_blind_baseline_and_against_chance_by_hand():
+    from types import SimpleNamespace
+
+    from eadp_lab.evaluation import against_chance, blind_baseline
+
+    qs = [SimpleNamespace(qtype="colour", answer=a) for a in ("red", "red", "blue", "green")]
+    qs += [SimpleNamespace(qtype="exist", answer=a) for a in ("yes", "no")] + [SimpleNamespace(qtype="exist", answer=None)]
+    blind = blind_baseline(qs)
+    assert blind["colour"] == {"answer": "red", "accuracy": 0.5, "questions": 4}
+    assert blind["exist"]["accuracy"] == 0.5 and blind["exist"]["questions"] == 2
+    results = [{"method": "none", "budget": 256, "accuracy": 0.5,
+                "per_type": {"colour": {"accuracy": 0.75, "questions": 4}, "exist": {"accuracy": 0.0, "questions": 2}}},
+               {"method": "eadp", "budget": 64, "accuracy": 0.1, "per_type": {}}]
+    frame = against_chance(results, qs)
+    assert list(frame.index) == ["colour", "exist", "all"]
+    assert frame.loc["colour", "above blind"] == pytest.approx(0.25)
+    assert frame.loc["exist", "above blind"] == pytest.approx(-0.5)
+    assert frame.loc["all", "blind accuracy"] == pytest.approx(0.5) and frame.loc["all", "questions"] == 6
+    with pytest.raises(ValueError, match="none"):
+        against_chance(results[1:], qs)

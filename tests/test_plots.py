@@ -15,14 +15,21 @@ def test_figures_draw():
     image = np.zeros((12, 12, 3), dtype=np.uint8)
     ax = plots.grid_heatmap(torch.arange(16.0), (4, 4), image=image, title="t")
     assert len(ax.images) == 2
+    bar = ax.figure.axes[-1]  # every overlay says which end of its scale is high
+    assert bar is not ax and bar.get_ylabel() == "bright = high"
+    assert ax.images[1].get_clim() == (0.0, 15.0)
+    shared = plots.grid_heatmap(torch.arange(16.0), (4, 4), colorbar=False, vmin=-1.0, vmax=30.0)
+    assert shared.images[0].get_clim() == (-1.0, 30.0) and len(shared.figure.axes) == 1
     ax = plots.kept_overlay(image + 200, torch.tensor([True] * 4 + [False] * 12), (4, 4))
     assert ax.get_title() == "4 of 16 tokens kept"
     shown = ax.images[0].get_array()
     assert shown[0, 0, 0] == 200 and shown[-1, -1, 0] == 50  # dropped patches are darkened
     ax = plots.token_bars(["a", "b", "c"], torch.tensor([1.0, float("inf"), 0.5]), kept=[2])
     assert len(ax.patches) == 2  # the masked (inf) position has no bar
-    fig = plots.token_maps(torch.rand(3, 16), ["a", "b", "c"], (4, 4), columns=2)
-    assert len(fig.axes) == 4
+    maps = torch.rand(3, 16)
+    fig = plots.token_maps(maps, ["a", "b", "c"], (4, 4), columns=2)
+    assert len(fig.axes) == 5  # 2 x 2 panels and one colour bar
+    assert {fig.axes[i].images[0].get_clim() for i in range(3)} == {(float(maps.min()), float(maps.max()))}
     ax = plots.curves([1, 2, 3], {"eadp": [1, 2, 3], "topk": [1, 1, 1]})
     assert len(ax.lines) == 2
     rows = [{"method": "none", "budget": 256, "accuracy": 0.9}, {"method": "eadp", "budget": 64, "accuracy": 0.8},
