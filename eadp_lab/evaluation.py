@@ -582,12 +582,16 @@ def against_chance(results, questions):
     ``above blind`` (their difference, fractions).
 
     Args:
-        results: rows of :func:`eadp_lab.bench.accuracy.run` (or its report) that include ``none``.
+        results: rows of :func:`eadp_lab.bench.accuracy.run` (or its report) that include ``none``,
+            or one score with every token (``{"accuracy", "per_type"}``, as :func:`score_answers` returns).
         questions: the questions those rows were scored on.
     """
     import pandas as pd
 
-    full = next((r for r in _result_rows(results) if r["method"] == "none"), None)
+    if isinstance(results, dict) and "per_type" in results and "method" not in results:
+        full = results
+    else:
+        full = next((r for r in _result_rows(results) if r["method"] == "none"), None)
     if full is None:
         raise ValueError("the results hold no 'none' run (every visual token), the accuracy to compare")
     blind = blind_baseline(questions)

@@ -206,3 +206,20 @@ def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, f
         ax.set_title(title)
     ax.legend(frameon=False, fontsize="small", ncol=2)
     return ax
+
+
+def accuracy_panels(results: list[dict], full_tokens: int | None = None, title: str | None = None):
+    """Answers against budget and, when the rows carry it (lab questions), what was kept of the
+    named objects (``named_reached``), side by side with one legend; returns the figure."""
+    plt = _plt()
+    selection = any(r.get("named_reached") is not None for r in results)
+    fig, axes = plt.subplots(1, 2 if selection else 1, figsize=(12 if selection else 7.5, 4.2), squeeze=False)
+    accuracy_vs_budget([r for r in results if r.get("accuracy") is not None], ax=axes[0, 0],
+                       full_tokens=full_tokens, title="answers")
+    if selection:
+        accuracy_vs_budget(results, ax=axes[0, 1], full_tokens=full_tokens, value="named_reached", title="what is kept")
+        axes[0, 1].get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

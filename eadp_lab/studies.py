@@ -32,10 +32,33 @@ import torch
 
 from . import guidance as gd
 
-__all__ = ["FailureStudy", "failure_study", "GUIDANCE_LABELS", "EntropyStudy", "entropy_study", "video_study", "crop_study"]
+__all__ = ["paired_gap", "FailureStudy", "failure_study", "GUIDANCE_LABELS", "EntropyStudy", "entropy_study", "video_study", "crop_study"]
 
 # The three score maps of chapter 01's (a), in plotting order.
 GUIDANCE_LABELS = ("global (pooled text)", "dense, every word", "dense, entropy-filtered")
+
+
+def paired_gap(frame: pd.DataFrame, column: str, value: str, a: str, b: str, index: str = "record") -> dict:
+    """The mean paired difference ``a - b`` of ``value`` over the units ``index`` that have both.
+
+    ``frame`` is tidy (one row per unit and ``column`` label, e.g. per record and method).
+    Returns ``{"a", "b": the two means on the paired units, "gap": mean of a - b, "se": its
+    standard error, "n": paired units, "a_better", "b_better": units where one is strictly
+    larger, "verdict": "higher" / "lower" (a against b, the gap beyond two standard errors) or
+    "no clear difference"}``. Booleans count as 0/1.
+    """
+    wide = frame[frame[column].isin([a, b])].pivot_table(index=index, columns=column, values=value, aggfunc="mean")
+    if a not in wide or b not in wide:
+        raise ValueError(f"{column} has no rows for {a!r} and {b!r}")
+    wide = wide[[a, b]].dropna().astype(float)
+    diff = wide[a] - wide[b]
+    n = len(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    gap = float(diff.mean()) if n else math.nan
+    clear = n > 1 and abs(gap) > 2 * se
+    return {"a": float(wide[a].mean()) if n else math.nan, "b": float(wide[b].mean()) if n else math.nan,
+            "gap": gap, "se": se, "n": n, "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum()),
+            "verdict": ("higher" if gap > 0 else "lower") if clear else "no clear difference"}
 
 
 def _progress(items, desc: str, progress: bool):

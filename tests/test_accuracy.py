@@ -300,3 +300,5 @@ def test_blind_baseline_and_against_chance_by_hand():
     assert frame.loc["all", "blind accuracy"] == pytest.approx(0.5) and frame.loc["all", "questions"] == 6
     with pytest.raises(ValueError, match="none"):
         against_chance(results[1:], qs)
+    score = {k: results[0][k] for k in ("accuracy", "per_type")}  # one score, as score_answers returns
+    assert against_chance(score, qs).equals(frame)

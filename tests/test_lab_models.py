@@ -379,3 +379,34 @@ def test_attribute_labels_follow_the_patch_targets():
     colours = {COLOURS[int(c) - 1] for c in labels[0, on, 0]}
     assert colours <= {o.colour for o in scene.objects}
     assert [len(g) for g in attribute_word_ids()] == [len(COLOURS), len(SHAPES), len(SIZES)]
+
+
+def test_a_curriculum_phase_asks_only_its_question_types_in_the_worlds_proportions():
+    from eadp_lab.labmodels.llava_training import conversation, phase_config
+    from eadp_lab.world.config import WorldConfig
+
+    config = phase_config((3, 7, 0.5, ("shape", "colour")))
+    assert config.n_objects == (3, 7)
+    assert config.question_mix == tuple((q, c) for q, c in WorldConfig().question_mix if q in ("colour", "shape"))
+    assert phase_config((1, 3, 0.2)).question_mix == WorldConfig().question_mix  # no types: the whole mix
+    scene = sample("train", 1, seed=4, grid=None)[0].scene
+    rng = np.random.default_rng(0)
+    asked = {t for _ in range(20) for _, _, t in conversation(scene, rng, 3, config)}
+    assert asked <= {"colour", "shape"} and asked
+    with pytest.raises(ValueError, match="count2"):
+        phase_config((3, 7, 0.5, ("colour", "count2")))
+
+
+def test_alignment_frame_sets_clips_side_by_side_with_their_declared_signs():
+    from eadp_lab.evaluation import LAB_CLIP
+    from eadp_lab.labmodels.probe import alignment, alignment_frame
+    from eadp_lab.models.scorers import load_clip
+
+    records = sample("heldout", 6, seed=2)
+    frame = alignment_frame({"a": LAB_CLIP, "b": LAB_CLIP}, records)
+    assert set(frame["clip"]) == {"a", "b"} and set(frame.sign) == {1.0, -1.0}
+    assert (frame["declared sign"] == json.loads((LAB_CLIP / "config.json").read_text())["eadp_similarity_sign"]).all()
+    direct = alignment(*load_clip(LAB_CLIP, dtype=torch.float32), records)
+    row = frame[(frame["clip"] == "a") & (frame.sign == -1.0) & (frame.kind == "colour")].iloc[0]
+    assert row.pointing == direct["-1"]["colour"]["pointing"] and row.entropy == direct["-1"]["colour"]["entropy"]
+    assert frame[frame.kind == "function"].pointing.isna().all()  # function words name no object

@@ -34,6 +34,10 @@ def test_figures_draw():
     assert len(ax.lines) == 2
     rows = [{"method": "none", "budget": 256, "accuracy": 0.9}, {"method": "eadp", "budget": 64, "accuracy": 0.8},
             {"method": "eadp", "budget": 14, "accuracy": 0.5}]
+    fig = plots.accuracy_panels(rows, full_tokens=256, title="t")
+    assert len(fig.axes) == 1  # no selection measure: answers only
+    fig = plots.accuracy_panels([{**r, "named_reached": 0.5} for r in rows], full_tokens=256)
+    assert len(fig.axes) == 2 and fig.axes[1].get_legend() is None
     ax = plots.accuracy_vs_budget(rows, full_tokens=256)
     assert len(ax.lines) == 2
     rows[1]["named_reached"], rows[2]["named_reached"] = 0.75, 0.5  # "none" lacks it: not drawn

@@ -90,3 +90,23 @@ def test_video_and_crop_studies_keep_the_budget_of_every_rule(lab):
     crops = studies.crop_study(lab, images, {"floor": anyres}, [8], progress=False)
     assert crops["tokens to crops with asked objects"].between(0, 1).all()
     assert set(crops.image) <= {rec.index for rec in images}
+
+
+def test_paired_gap_by_hand():
+    import pandas as pd
+
+    rows = [{"record": r, "method": m, "recall": v}
+            for r, (x, y) in enumerate([(0.9, 0.5), (0.8, 0.4), (0.7, 0.5), (0.6, 0.6)]) for m, v in (("a", x), ("b", y))]
+    rows.append({"record": 9, "method": "a", "recall": 0.0})  # unpaired: left out
+    gap = studies.paired_gap(pd.DataFrame(rows), "method", "recall", "a", "b")
+    assert gap["n"] == 4 and gap["a_better"] == 3 and gap["b_better"] == 0
+    assert gap["gap"] == pytest.approx(0.25) and gap["a"] == pytest.approx(0.75)
+    assert gap["se"] == pytest.approx(np.std([0.4, 0.4, 0.2, 0.0], ddof=1) / 2)
+    assert gap["verdict"] == "higher"
+    flipped = studies.paired_gap(pd.DataFrame(rows), "method", "recall", "b", "a")
+    assert flipped["verdict"] == "lower" and flipped["gap"] == pytest.approx(-0.25)
+    noisy = pd.DataFrame([{"record": r, "method": m, "recall": v} for r, (x, y) in enumerate([(1, 0), (0, 1), (1, 1)])
+                          for m, v in (("a", x), ("b", y))])
+    assert studies.paired_gap(noisy, "method", "recall", "a", "b")["verdict"] == "no clear difference"
+    with pytest.raises(ValueError, match="'c'"):
+        studies.paired_gap(noisy, "method", "recall", "a", "c")

@@ -3,14 +3,13 @@
 As LLaVA-1.5 (Liu et al., CVPR 2024) was trained on top of CLIP: the vision tower is the lab
 CLIP's, frozen (its layer -2 states, CLS dropped, are computed once per training image and
 kept in float16; a step costs only the projector and the language model), the projector
-and a small Llama are trained with next-token cross-entropy on the answers only. Each
-training sequence is one image with a multi-turn conversation of the world's questions
-(``USER: {q1} <image> ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...``, LLaVA's
-conversation format with the first question before the image, so that the visual tokens of a
-causal language model can read it), so the 256 visual tokens are paid for once per several answers; the
-first turn is exactly the single-turn prompt the model is evaluated with. Questions follow
-the world's mix with yes/no answers balanced. ``python -m eadp_lab.labmodels.train llava``.
-Taught in ``notebooks/00_tour``.
+and a small Llama are trained with next-token cross-entropy on the answers only. A training
+sequence is one image and one question in exactly the single-turn prompt the model is
+evaluated with (``USER: {q} <image> ASSISTANT: {a}</s>``, LLaVA's conversation format with the
+question before the image, so that the visual tokens of a causal language model can read it);
+``turns`` > 1 adds further questions after the first answer. Questions follow a curriculum
+of question types (:func:`phase_config`), ending on the world's whole mix with yes/no answers
+balanced. ``python -m eadp_lab.labmodels.train llava``. Taught in ``notebooks/00_tour``.
 
 Shapes: ``B`` sequences per step, ``N`` visual tokens (256), ``C_v`` vision width, ``S``
 sequence length, ``D`` language-model width.
@@ -38,7 +37,7 @@ from ..world.seeds import record_rng, run
 from .tokenizer import BOS, EOS, IMAGE, PAD, vocab_table
 
 __all__ = ["LlavaTraining", "CAPTION_PROMPTS", "cache_features", "conversation", "Batch", "make_batch", "answer_logits",
-           "fast_accuracy", "attribute_labels", "attribute_word_ids", "standardisation", "fold_standardisation", "train_llava"]
+           "fast_accuracy", "phase_config", "attribute_labels", "attribute_word_ids", "standardisation", "fold_standardisation", "train_llava"]
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,26 @@ class LlavaTraining:
     """How the lab LLaVA is trained (serialised into its folder and model card)."""
 
     seed: int = 0
-    steps: int = 4000
-    batch: int = 32  # conversations (images) per step
-    turns: int = 6  # questions per conversation
-    caption_rate: float = 0.3  # conversations that also ask for a caption (dense grounded targets)
-    # Curriculum: (fewest objects, most objects, share of steps and images); the last is the full world.
-    phases: tuple = ((1, 1, 0.15), (1, 3, 0.25), (3, 7, 0.6))
-    images: int = 16_000  # distinct training scenes (``train`` split; a seed stream apart from the CLIP's)
+    steps: int = 6000
+    batch: int = 48  # conversations (images) per step
+    turns: int = 1  # questions per conversation: one, the single-turn prompt the model is evaluated with
+    caption_rate: float = 0.0  # conversations that also ask for a caption (dense grounded targets)
+    # Curriculum: (fewest objects, most objects, share of steps and images[, question types]); a phase
+    # without types asks the world's whole mix, and the last phase should be the full world. A small
+    # language model trained from scratch on the whole mix stays at the answer priors: it does not
+    # learn to bind a question's noun phrase to one of several objects. One type at a time, in order
+    # of how little binding it needs, it does.
+    phases: tuple = ((3, 7, 0.15, ("colour",)), (3, 7, 0.13, ("colour", "shape")),
+                     (3, 7, 0.12, ("colour", "shape", "size")), (3, 7, 0.1, ("colour", "shape", "size", "exist")),
+                     (3, 7, 0.1, ("colour", "shape", "size", "exist", "count")), (3, 7, 0.4))
+    images: int = 30_000  # distinct training scenes (``train`` split; a seed stream apart from the CLIP's)
     # Position interpolation of the image span (method-neutral: every visual token is kept): in this
     # share of the conversations the 256 visual tokens' RoPE positions are squeezed evenly into a span
     # of m positions (m uniform in [span_min, 256], fractional positions) and the text after the image
     # moves up by 256 - m, so the model cannot tie what it reads to where the image ends.
     span_rate: float = 0.5
     span_min: int = 8
-    span_start: float = 0.3  # share of the steps before the squeezing starts (it slows the first learning)
+    span_start: float = 0.5  # share of the steps before the squeezing starts (it slows the first learning)
     lr: float = 1e-3
     warmup: int = 60
     weight_decay: float = 0.05
@@ -80,8 +85,22 @@ class LlavaTraining:
     def from_dict(cls, d: dict) -> "LlavaTraining":
         d = dict(d)
         d["size"] = LlavaSize(**d["size"])
-        d["phases"] = tuple(tuple(p) for p in d["phases"])
+        d["phases"] = tuple(tuple(tuple(x) if isinstance(x, list) else x for x in p) for p in d["phases"])
         return cls(**d)
+
+
+def phase_config(phase) -> WorldConfig:
+    """The world of one curriculum phase ``(low, high, share[, question types])``: scenes of
+    ``low`` to ``high`` objects, questions of the given types in the world's proportions."""
+    low, high, _, *qtypes = phase
+    config = WorldConfig(n_objects=(low, high))
+    if not qtypes:
+        return config
+    unknown = set(qtypes[0]) - {q for q, _ in config.question_mix}
+    if unknown or not qtypes[0]:
+        raise ValueError(f"phase {phase!r}: question types must be a non-empty subset of "
+                         f"{[q for q, _ in config.question_mix]}, got unknown {sorted(unknown)}")
+    return config.replace(question_mix=tuple((q, c) for q, c in config.question_mix if q in qtypes[0]))
 
 
 @torch.no_grad()
@@ -355,8 +374,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     start = time.perf_counter()
     phases = []  # (WorldConfig, scenes, features, steps)
     steps_left = settings.steps
-    for k, (low, high, share) in enumerate(settings.phases):
-        config = WorldConfig(n_objects=(low, high))
+    for k, phase in enumerate(settings.phases):
+        config, share = phase_config(phase), phase[2]
         steps = steps_left if k == len(settings.phases) - 1 else round(share * settings.steps)
         steps_left -= steps
         # train split; the CLIP drew indices 0 .. images-1 of seed `seed`: these start far beyond
@@ -372,7 +391,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     val_features = ((cache_features(vision, np.stack([r.image for r in val]), progress=False).float() - mean) / std)
     val_questions = [(i, r.question.text, r.answer, r.qtype) for i, r in enumerate(val)]
     history = {"data_seconds": round(time.perf_counter() - start, 1), "log": [], "val": [],
-               "phases": [{"objects": list(c.n_objects), "steps": st, "images": len(sc)} for c, sc, _, st in phases]}
+               "phases": [{"objects": list(c.n_objects), "qtypes": [q for q, _ in c.question_mix], "steps": st,
+                           "images": len(sc)} for c, sc, _, st in phases]}
 
     torch.manual_seed(settings.seed)
     model.train()
@@ -406,8 +426,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
             group["lr"] = settings.lr * cosine_schedule(step, settings.steps, settings.warmup)
         rng = step_rng(settings.seed, 3, step)
         p, idx = schedule[step]
-        _, scenes, features, _ = phases[p]
-        batch = make_batch([conversation(scenes[i], rng, settings.turns, caption_rate=settings.caption_rate)
+        config, scenes, features, _ = phases[p]
+        batch = make_batch([conversation(scenes[i], rng, settings.turns, config, caption_rate=settings.caption_rate)
                             for i in idx], idx, n_visual)
         squeeze = (rng.random(len(idx)) < settings.span_rate) & (step >= settings.span_start * settings.steps)
         spans = torch.as_tensor(np.where(squeeze, rng.uniform(settings.span_min, n_visual, len(idx)), n_visual),

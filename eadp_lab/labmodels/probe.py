@@ -34,7 +34,7 @@ import torch
 
 from .._io import write_json
 
-__all__ = ["ATTRIBUTES", "probe_examples", "fit_probe", "linear_probes", "alignment", "run", "main"]
+__all__ = ["ATTRIBUTES", "probe_examples", "fit_probe", "linear_probes", "alignment", "alignment_frame", "run", "main"]
 
 ATTRIBUTES = ("colour", "shape", "size")
 
@@ -126,6 +126,34 @@ def alignment(clip, tokenizer, records, progress: bool = False) -> dict:
     from .measure import by_sign, summarise_grounding, token_grounding
 
     return by_sign(summarise_grounding(token_grounding(clip, tokenizer, records, "question", progress=progress)))
+
+
+def alignment_frame(clips: dict, records, progress: bool = False):
+    """:func:`alignment` of several CLIPs side by side, as a tidy ``pandas.DataFrame``.
+
+    Args:
+        clips: ``{label: CLIP folder or hub id}``; records: world records whose questions are scored.
+    Returns:
+        One row per CLIP, sign and word kind: ``clip``, ``declared sign`` (the folder's
+        ``eadp_similarity_sign``, NaN if none), ``sign``, ``kind``, ``tokens``, ``entropy`` (nats),
+        ``pointing`` (the word's best patch on an object it names; NaN for kinds that name none)
+        and ``peak on an object`` (its best patch on any object).
+    """
+    import pandas as pd
+
+    from ..methods.settings import clip_similarity_sign
+    from ..models.scorers import load_clip
+
+    rows = []
+    for label, path in clips.items():
+        clip, tokenizer = load_clip(path, dtype=torch.float32)
+        declared = clip_similarity_sign(clip)
+        for sign, kinds in alignment(clip, tokenizer, records, progress=progress).items():
+            rows += [{"clip": label, "declared sign": float("nan") if declared is None else declared,
+                      "sign": float(sign), "kind": kind, "tokens": v["tokens"], "entropy": v["entropy"],
+                      "pointing": float("nan") if v["pointing"] is None else v["pointing"],
+                      "peak on an object": v["peak_on_object"]} for kind, v in kinds.items()]
+    return pd.DataFrame(rows)
 
 
 def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True, tower: str = "llava") -> dict:
