@@ -32,7 +32,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
-           "blind_baseline", "against_chance"]
+           "blind_baseline", "against_chance", "answer_kind"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -555,6 +555,17 @@ def positions_gap(renumbered, original):
         raise ValueError("the two runs must cover the same methods and budgets")
     gap = a - b
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
+
+
+def answer_kind(text: str) -> str:
+    """The lab world's kind of an answer's first word (``colour``, ``count``, ``answer`` for
+    yes/no, ...; :func:`eadp_lab.world.token_kind`), or ``"not a word of the world"``."""
+    from .world.vocab import token_kind
+
+    try:
+        return token_kind(first_word(text))
+    except ValueError:
+        return "not a word of the world"
 
 
 def blind_baseline(questions) -> dict:

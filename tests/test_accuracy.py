@@ -302,3 +302,10 @@ def test_blind_baseline_and_against_chance_by_hand():
         against_chance(results[1:], qs)
     score = {k: results[0][k] for k in ("accuracy", "per_type")}  # one score, as score_answers returns
     assert against_chance(score, qs).equals(frame)
+
+
+def test_answer_kind_names_the_world_kind_of_the_first_word():
+    from eadp_lab.evaluation import answer_kind
+
+    assert answer_kind("orange") == "colour" and answer_kind("two things") == "count"
+    assert answer_kind("Yes.") == answer_kind("no") and answer_kind("banana") == "not a word of the world"

@@ -1,5 +1,5 @@
 """The notebooks stay diff-able and thin: no stored outputs, a papermill parameters cell, a
-learning goal up front, exercises at the end, and no algorithm code (that lives in eadp_lab)."""
+learning goal up front, exercises with solutions at the end, and no algorithm code (that lives in eadp_lab)."""
 
 import json
 import re
@@ -32,7 +32,20 @@ def test_structure(path):
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, f"{path.name}: exactly one papermill `parameters` cell"
     assert nb.cells[0].cell_type == "markdown", f"{path.name}: open with what the reader will learn"
-    assert "exercise" in nb.cells[-1].source.lower(), f"{path.name}: end with exercises"
+    heading = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Exercises")]
+    assert len(heading) == 1, f"{path.name}: one '## Exercises' section"
+    tail = "\n".join(c.source for c in nb.cells[heading[0]:] if c.cell_type == "markdown")
+    assert not any(c.cell_type == "markdown" and c.source.startswith("#") for c in nb.cells[heading[0] + 1:]), \
+        f"{path.name}: the exercises end the chapter"
+    exercises = re.findall(r"```\{exercise\}[^\n]*\n:label: (\S+)", tail)
+    solutions = re.findall(r"```\{solution-start\} (\S+)", tail)
+    assert exercises, f"{path.name}: exercises as sphinx-exercise directives"
+    # every exercise has a hidden solution, except one the lab cannot run (a real checkpoint on a GPU)
+    unsolved = [e for e in exercises if e not in solutions]
+    assert len(unsolved) <= 1 and all("real" in e for e in unsolved), f"{path.name}: exercises without solutions {unsolved}"
+    assert tail.count("{solution-start}") == tail.count("{solution-end}"), f"{path.name}: unbalanced solution blocks"
+    assert all(":class: dropdown" in m for m in re.findall(r"```\{solution-start\}[^`]*```", tail)), \
+        f"{path.name}: solutions are hidden until asked"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
