@@ -131,7 +131,10 @@ def test_the_explorer_responds_in_live_jupyterlab(jupyterlab):
         page.locator(".jp-OutputArea-output .widget-image").first.wait_for(timeout=300_000)
         page.wait_for_function("() => { const i = document.querySelector('.jp-OutputArea-output .widget-image');"
                                " return i && i.src && i.naturalWidth > 0; }", timeout=300_000)
+        # JupyterLab renders only the cells in view: bring the explorer back after Run All scrolled past it
+        slider.scroll_into_view_if_needed()
         readout = slider.locator(".widget-readout").first
+        readout.wait_for(state="visible", timeout=60_000)
         assert readout.inner_text().strip() == "32", "the live explorer must start at the chapter's budget (32)"
         page.screenshot(path=str(SHOTS / "explorer-start.png"))
         start = _settle(page)
