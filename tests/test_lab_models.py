@@ -126,8 +126,9 @@ def _tiny_clip_settings(**changes):
 def _tiny_llava_settings():
     from eadp_lab.labmodels.llava_training import LlavaTraining
 
+    # two phases (colour questions, then the whole mix): the stop after step 2 falls past the boundary
     return LlavaTraining(steps=3, batch=4, turns=2, images=8, val_questions=8, val_every=10**6, threads=1,
-                         size=TINY_LLAVA)
+                         phases=((3, 7, 0.34, ("colour",)), (3, 7, 0.66)), size=TINY_LLAVA)
 
 
 def _same_weights(a, b):
@@ -158,6 +159,7 @@ def test_a_stopped_clip_run_resumes_to_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_llava_run_resumes_to_the_same_weights(tmp_path):
+    from eadp_lab.world.config import WorldConfig
     from eadp_lab.labmodels.checkpoint import Checkpoints
     from eadp_lab.labmodels.clip_training import train_clip
     from eadp_lab.labmodels.llava_training import train_llava
@@ -168,6 +170,8 @@ def test_a_stopped_llava_run_resumes_to_the_same_weights(tmp_path):
     settings = _tiny_llava_settings()
     unbroken, history = train_llava(settings, tmp_path / "clip", progress=False)
     assert history["val"][-1]["step"] == 3 and 0.0 <= history["val"][-1]["accuracy"] <= 1.0
+    assert [(p["qtypes"], p["steps"]) for p in history["phases"]] == [
+        (["colour"], 1), ([q for q, _ in WorldConfig().question_mix], 2)]
     with pytest.raises(KeyboardInterrupt):
         train_llava(settings, tmp_path / "clip", Checkpoints(tmp_path / "ck", every=0, stop_after=2), progress=False)
     assert torch.load(tmp_path / "ck" / "llava.pt", weights_only=False)["step"] == 2
