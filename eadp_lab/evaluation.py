@@ -32,7 +32,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
-           "blind_baseline", "against_chance", "answer_kind"]
+           "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -490,6 +490,19 @@ def results_frame(results, value: str = "accuracy"):
         v = r.get(value)
         frame.loc[r["method"], int(r["budget"])] = float("nan") if v is None else float(v)
     return frame
+
+
+def run_summary(path, report: dict) -> str:
+    """Two lines saying which run a report is: its file (relative to the repository when inside
+    it), the command that wrote it, and its sign, positions, questions and seconds."""
+    path = Path(path)
+    try:
+        name = path.resolve().relative_to(ROOT)
+    except ValueError:
+        name = path
+    return (f"{name}\n  written by: {report.get('command')}\n  sign: {report.get('sign') or 'the presets (-1)'}, "
+            f"positions: {report.get('positions') or 'renumber (the default)'}, questions: {report.get('questions')}, "
+            f"seconds: {report.get('seconds')}")
 
 
 def markdown_table(results, values=("accuracy", "named_reached")) -> str:

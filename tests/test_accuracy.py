@@ -309,3 +309,13 @@ def test_answer_kind_names_the_world_kind_of_the_first_word():
 
     assert answer_kind("orange") == "colour" and answer_kind("two things") == "count"
     assert answer_kind("Yes.") == answer_kind("no") and answer_kind("banana") == "not a word of the world"
+
+
+def test_run_summary_names_the_file_and_the_command(tmp_path):
+    from eadp_lab.evaluation import ROOT, run_summary
+
+    report = {"command": "python -m eadp_lab bench accuracy --seed 1", "positions": "original", "questions": 10}
+    text = run_summary(ROOT / "data" / "results" / "x.json", report)
+    assert text.splitlines()[0] == "data/results/x.json" and "--seed 1" in text and "positions: original" in text
+    assert run_summary(tmp_path / "y.json", {}).splitlines()[0] == str(tmp_path / "y.json")
+    assert "the presets (-1)" in run_summary(tmp_path / "y.json", {})

@@ -54,7 +54,7 @@ from .._io import write_json
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
                           QuestionFileError, against_chance, answer_kind, answers_path, blind_baseline, check_answers, evaluate, file_questions, first_word,
                           lab_questions, load, load_results, markdown_table, model_id_of, named_kept, per_type_frame,
-                          positions_gap, prompt_for, read_answers, results_for, results_frame)
+                          positions_gap, prompt_for, read_answers, results_for, results_frame, run_summary)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
