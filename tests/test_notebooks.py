@@ -54,3 +54,15 @@ def test_no_algorithm_code_in_notebooks(path):
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert not re.search(r"^\s*(def|class)\s", code, re.MULTILINE), f"{path.name}: define functions in eadp_lab"
     assert "eadp_lab" in code
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    glued = [re.escape(k) for k in re.findall(r"""\bglue\(\s*["']([^"'{}]+)["']""", code)]
+    glued += [re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(k)) for k in re.findall(r"""\bglue\(\s*f["']([^"']+)["']""", code)]
+    used = set(re.findall(r"\{glue(?::text)?\}`([^`:]+)", prose))
+    missing = sorted(u for u in used if not any(re.fullmatch(g, u) for g in glued))
+    assert not missing, f"{path.name}: the prose quotes values no cell glues: {missing}"
