@@ -31,7 +31,7 @@ from .methods.settings import clip_similarity_sign, method_settings
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
-           "score_answers", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
+           "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
            "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,13 +323,20 @@ def score_answers(questions: list[Question], texts: dict) -> dict:
     Returns:
         ``{"accuracy": fraction or None, "per_type": {type: {"accuracy", "questions"}}}``.
     """
+    scored = [q for q in questions if q.answer is not None and q.qid in texts]
+    return score_hits([q.qtype for q in scored],
+                      [first_word(texts[q.qid]) == first_word(str(q.answer)) for q in scored])
+
+
+def score_hits(qtypes, hits) -> dict:
+    """Accuracy overall and per question type from one ``qtype`` and one hit (bool) per answered
+    question: ``{"accuracy": fraction or None, "per_type": {type: {"accuracy", "questions"}}}``
+    (fractions rounded to 4 places; a missing type counts as ``"all"``)."""
     per_type = {}
-    for q in questions:
-        if q.answer is not None and q.qid in texts:
-            hit = float(first_word(texts[q.qid]) == first_word(str(q.answer)))
-            per_type.setdefault(q.qtype or "all", []).append(hit)
-    hits = [h for v in per_type.values() for h in v]
-    return {"accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+    for qtype, hit in zip(qtypes, hits):
+        per_type.setdefault(qtype or "all", []).append(float(hit))
+    flat = [h for v in per_type.values() for h in v]
+    return {"accuracy": round(sum(flat) / len(flat), 4) if flat else None,
             "per_type": {t: {"accuracy": round(sum(v) / len(v), 4), "questions": len(v)}
                          for t, v in sorted(per_type.items())}}
 
@@ -607,7 +614,7 @@ def against_chance(results, questions):
 
     Args:
         results: rows of :func:`eadp_lab.bench.accuracy.run` (or its report) that include ``none``,
-            or one score with every token (``{"accuracy", "per_type"}``, as :func:`score_answers` returns).
+            or one score with every token (``{"accuracy", "per_type"}``, as :func:`score_hits` returns).
         questions: the questions those rows were scored on.
     """
     import pandas as pd

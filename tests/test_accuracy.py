@@ -319,3 +319,13 @@ def test_run_summary_names_the_file_and_the_command(tmp_path):
     assert text.splitlines()[0] == "data/results/x.json" and "--seed 1" in text and "positions: original" in text
     assert run_summary(tmp_path / "y.json", {}).splitlines()[0] == str(tmp_path / "y.json")
     assert "the presets (-1)" in run_summary(tmp_path / "y.json", {})
+
+
+def test_score_hits_groups_by_type_as_score_answers_does():
+    from eadp_lab.evaluation import score_hits
+
+    score = score_hits(["colour", "colour", "exist", None], [True, False, True, True])
+    assert score == {"accuracy": 0.75, "per_type": {"all": {"accuracy": 1.0, "questions": 1},
+                                                    "colour": {"accuracy": 0.5, "questions": 2},
+                                                    "exist": {"accuracy": 1.0, "questions": 1}}}
+    assert score_hits([], []) == {"accuracy": None, "per_type": {}}
