@@ -135,6 +135,8 @@ def test_the_explorer_responds_in_live_jupyterlab(jupyterlab):
         slider.scroll_into_view_if_needed()
         readout = slider.locator(".widget-readout").first
         readout.wait_for(state="visible", timeout=60_000)
+        # a widget scrolled back into view is drawn again, its readout text a moment after the element
+        page.wait_for_function("e => e.textContent.trim() !== ''", arg=readout.element_handle(), timeout=60_000)
         assert readout.inner_text().strip() == "32", "the live explorer must start at the chapter's budget (32)"
         page.screenshot(path=str(SHOTS / "explorer-start.png"))
         start = _settle(page)
