@@ -16,6 +16,8 @@ Used by :mod:`eadp_lab.bench.accuracy` (every method side by side), :mod:`eadp_l
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import re
@@ -32,7 +34,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
-           "blind_baseline", "against_chance", "answer_kind", "run_summary"]
+           "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
@@ -560,6 +562,15 @@ def per_type_frame(results, value: str = "accuracy"):
         records.append(record)
     return pd.DataFrame.from_records(records, columns=["method", "budget", *types, "all"]).set_index(
         ["method", "budget"])
+
+
+def max_standard_error(n: int) -> float:
+    """The largest binomial standard error of an accuracy on ``n`` questions (at accuracy 1/2),
+    as a fraction: ``0.5 / sqrt(n)``. A difference of two independent accuracies has √2 times it;
+    paired on the same questions, less."""
+    if n < 1:
+        raise ValueError(f"need at least one question, got {n}")
+    return 0.5 / math.sqrt(n)
 
 
 def positions_gap(renumbered, original):

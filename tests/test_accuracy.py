@@ -157,7 +157,15 @@ def test_answers_keep_the_whole_generated_text(tmp_path, monkeypatch):
     (The lab LLaVA stops after one word, so here it is not allowed to stop.)"""
     def load_without_eos(*args, **kwargs):
         loaded = evaluation.load(*args, **kwargs)
-        loaded[0].generation_config.eos_token_id = None
+        model = loaded[0]
+        ends = [t for t in (model.generation_config.eos_token_id, model.generation_config.pad_token_id) if t is not None]
+        model.generation_config.eos_token_id = None
+        generate = model.generate
+
+        def generate_on(*args, suppress_tokens=None, **kwargs):  # nor write the end or padding token
+            return generate(*args, suppress_tokens=list(suppress_tokens or []) + ends, **kwargs)
+
+        model.generate = generate_on
         return loaded
 
     monkeypatch.setattr(A, "load", load_without_eos)
@@ -329,3 +337,28 @@ def test_score_hits_groups_by_type_as_score_answers_does():
                                                     "colour": {"accuracy": 0.5, "questions": 2},
                                                     "exist": {"accuracy": 1.0, "questions": 1}}}
     assert score_hits([], []) == {"accuracy": None, "per_type": {}}
+
+
+def test_max_standard_error_is_the_binomial_one_at_one_half():
+    from eadp_lab.evaluation import max_standard_error
+
+    n = 2000
+    assert max_standard_error(n) == pytest.approx(np.sqrt(0.5 * 0.5 / n))
+    # no accuracy on n questions has a larger binomial standard error
+    assert all(np.sqrt(p * (1 - p) / n) <= max_standard_error(n) + 1e-12 for p in np.linspace(0, 1, 101))
+    with pytest.raises(ValueError, match="question"):
+        max_standard_error(0)
+
+
+def test_card_pruning_section_states_the_noise_of_its_question_count():
+    from eadp_lab.labmodels.cards import pruning_section
+
+    def report(acc):
+        rows = [{"method": "none", "budget": 256, "accuracy": 0.6, "per_type": {}},
+                {"method": "eadp", "budget": 64, "accuracy": acc, "per_type": {}},
+                {"method": "topk", "budget": 64, "accuracy": 0.5, "per_type": {}}]
+        return {"results": rows, "questions": {"count": 400}, "seed": 1, "sign": 1.0, "command": "cmd"}
+
+    text = pruning_section(report(0.55), None)
+    assert "`eadp` (55.0)" in text and "at most 2.5 points" in text and "under 7.1 points" in text
+    assert pruning_section(None, None) == ""

@@ -225,6 +225,17 @@ Captions:
 {probe_text}{control_text}"""
 
 
+def _noise(report: dict) -> str:
+    """How far apart two methods' accuracies must be on the report's questions to be a ranking."""
+    from ..evaluation import max_standard_error
+
+    n = report["questions"]["count"]
+    se = 100 * max_standard_error(n)
+    return (f"On {n} questions one accuracy's standard error is at most {se:.1f} points, so a gap under "
+            f"{2 * 2 ** 0.5 * se:.1f} points between two methods (two standard errors of a difference of "
+            f"independent estimates; the same questions make it smaller) is not a ranking.")
+
+
 def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
     from ..evaluation import markdown_table, positions_gap, results_frame
@@ -248,7 +259,7 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
                   f"{report['questions']['count']} questions, seed {report.get('seed')})", "",
                   markdown_table(report, ("accuracy", "named_reached", "named_recall")), "",
                   "Best accuracy per budget: " + ", ".join(f"{b} tokens: `{m}` ({100 * frame.loc[m, b]:.1f})"
-                                                           for b, m in best.items()) + "."]
+                                                           for b, m in best.items()) + ". " + _noise(report)]
     if renumbered is not None and original is not None:
         gap = positions_gap(renumbered, original)
         worst = gap.abs().stack().idxmax()
