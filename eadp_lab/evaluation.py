@@ -16,9 +16,8 @@ Used by :mod:`eadp_lab.bench.accuracy` (every method side by side), :mod:`eadp_l
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
 import re
 import time
