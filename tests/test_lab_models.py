@@ -395,7 +395,7 @@ def test_a_curriculum_phase_asks_only_its_question_types_in_the_worlds_proportio
     assert phase_config((1, 3, 0.2)).question_mix == WorldConfig().question_mix  # no types: the whole mix
     scene = sample("train", 1, seed=4, grid=None)[0].scene
     rng = np.random.default_rng(0)
-    asked = {t for _ in range(20) for _, _, t in conversation(scene, rng, 3, config)}
+    asked = {t for _ in range(20) for _, _, t, _ in conversation(scene, rng, 3, config)}
     assert asked <= {"colour", "shape"} and asked
     with pytest.raises(ValueError, match="count2"):
         phase_config((3, 7, 0.5, ("colour", "count2")))

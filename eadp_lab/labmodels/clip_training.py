@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..world.captions import caption
 from ..world.config import QTYPES
-from ..world.grounding import patch_masks
+from ..world.grounding import patch_masks, patch_owner
 from ..world.questions import ask
 from ..world.sample import sample
 from ..world.vocab import is_grounded
@@ -134,10 +134,9 @@ def patch_targets(scene, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     log_area = np.zeros(N, np.float32)
     if K == 0:
         return labels, log_area
-    flat = coverage.reshape(K, -1)
+    owner = patch_owner(coverage)  # (N,), -1 on background
+    on = owner >= 0
     mask = patch_masks(coverage).reshape(K, -1)
-    owner = np.where(mask, flat, -1.0).argmax(0)  # (N,)
-    on = mask.any(0)
     patch = scene.width / coverage.shape[2]
     table = np.array([[*attribute_classes(o), min(int(o.y // patch), coverage.shape[1] - 1),
                        min(int(o.x // patch), coverage.shape[2] - 1)] for o in scene.objects])

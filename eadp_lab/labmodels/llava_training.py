@@ -29,6 +29,7 @@ from ..world.config import WorldConfig, YES_NO_QTYPES
 from .build import LlavaSize, build_llava, pixel_values, tower_states
 from .checkpoint import Checkpoints, step_rng
 from .losses import answer_loss, cosine_schedule, word_alignment_loss
+from .referents import ReferentHeads, referent_loss, referents, scene_owners, stack_referents
 from ..world.questions import ask
 from ..world.render import render
 from ..world.sample import sample
@@ -74,6 +75,15 @@ class LlavaTraining:
     # token is pulled toward the language model's embeddings of its own colour, shape and size words.
     # It uses the world's label maps for every patch alike, never any pruning method's choice.
     align: float = 1.0
+    # Weight of the referent losses (referents.referent_loss): deep supervision of what the question
+    # names, from the scene description. Each visual token's hidden state at layer ``role_layer``
+    # predicts its role (subject, a subject's centre patch, anchor, or none); the answer position's
+    # state at ``answer_layer`` predicts the number of subjects and the centres of the subject and
+    # the anchor. Linear heads, training only; every visual token is labelled alike, none dropped.
+    referents: float = 0.0
+    role_layer: int = 2
+    answer_layer: int = 3
+    word_layer: int | None = None  # the question's words predict their role here (None: not at all)
     val_questions: int = 600  # single-turn ``val`` questions, checked every ``val_every`` steps
     val_every: int = 200
     size: LlavaSize = field(default_factory=LlavaSize)
@@ -161,12 +171,12 @@ CAPTION_PROMPTS = ("what is in the image ?", "what can you see in this picture ?
 
 def conversation(scene, rng, turns: int, config: WorldConfig | None = None,
                  caption_rate: float = 0.0) -> list[tuple[str, str, str]]:
-    """``turns`` ``(question, answer, qtype)`` about ``scene``, types drawn from the world's mix,
+    """``turns`` ``(question, answer, qtype, Question)`` about ``scene``, types drawn from the world's mix,
     yes/no answers by a fair coin (types the scene cannot carry are drawn again).
 
     With probability ``caption_rate`` one more turn asks for a description and the answer is a
     caption of the world (LLaVA's stage-1 task: dense, grounded next-word prediction), at a
-    random place in the conversation; its ``qtype`` is ``"caption"``.
+    random place in the conversation; its ``qtype`` is ``"caption"`` (and no ``Question``).
     """
     config = config or WorldConfig()
     qtypes, weights = _mix(config)
@@ -178,11 +188,11 @@ def conversation(scene, rng, turns: int, config: WorldConfig | None = None,
         answer = ("yes", "no")[int(rng.integers(2))] if qtype in YES_NO_QTYPES else None
         q = ask(scene, rng, qtype, answer, config)
         if q is not None:
-            out.append((q.text, q.answer, qtype))
+            out.append((q.text, q.answer, qtype, q))
     if caption_rate > 0 and rng.random() < caption_rate:
         text = caption(scene, rng, config=config).text
         prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
-        out.insert(int(rng.integers(len(out) + 1)), (prompt, text, "caption"))
+        out.insert(int(rng.integers(len(out) + 1)), (prompt, text, "caption", None))
     return out
 
 
@@ -205,8 +215,11 @@ def _ids(words, vocab):
     return [vocab[w] for w in words]
 
 
-def make_batch(conversations: list[list[tuple[str, str, str]]], images, n_visual: int, pad_side: str = "right") -> Batch:
+def make_batch(conversations: list[list[tuple]], images, n_visual: int, pad_side: str = "right") -> Batch:
     """Sequences ``<s> USER: q1 <image>*N ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...`` and their targets.
+
+    Each turn is ``(question, answer, qtype, ...)`` (:func:`conversation`'s turns; what follows
+    the type is not read here).
 
     The first question comes before the image (:func:`eadp_lab.labmodels.build.prompt`): the
     visual tokens of a causal language model can then read the question.
@@ -220,7 +233,7 @@ def make_batch(conversations: list[list[tuple[str, str, str]]], images, n_visual
     seqs, targets = [], []
     for turns in conversations:
         seq, tgt = [BOS, user], []
-        for k, (question, answer, qtype) in enumerate(turns):
+        for k, (question, answer, qtype, *_) in enumerate(turns):
             if k:  # later turns follow the image: USER: q ASSISTANT: a
                 seq += [user] + _ids(question.split(), vocab) + [assistant]
             else:  # the first turn asks before the image: USER: q <image>*N ASSISTANT: a
@@ -272,9 +285,11 @@ def span_positions(ids: torch.Tensor, mask: torch.Tensor, spans: torch.Tensor | 
 
 
 def answer_logits(model, features: torch.Tensor, batch: Batch, spans: torch.Tensor | None = None,
-                  return_visual: bool = False):
+                  return_visual: bool = False, hidden_layers: tuple[int, ...] = ()):
     """``(P, V)`` logits at the scored positions, from cached vision ``features`` ``(B, N, C_v)``
-    (with ``return_visual`` also the projected visual tokens ``(B, N, D)``).
+    (with ``return_visual`` also the projected visual tokens ``(B, N, D)``; with
+    ``hidden_layers`` also the language model's hidden states ``(B, S, D)`` after each of those
+    layers, 0 being the input embeddings, as ``output_hidden_states`` numbers them).
 
     The same computation as ``model(input_ids, pixel_values)`` (projector, placeholder
     scatter, language model), without the frozen vision tower; ``spans`` ``(B,)``: see
@@ -285,10 +300,13 @@ def answer_logits(model, features: torch.Tensor, batch: Batch, spans: torch.Tens
     visual = inner.multi_modal_projector(features.to(embeds.dtype))  # (B, N, D)
     where = (batch.ids == IMAGE)[..., None].expand_as(embeds)
     embeds = embeds.masked_scatter(where, visual.to(embeds.dtype))
-    hidden = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask,
-                                  position_ids=span_positions(batch.ids, batch.mask, spans)).last_hidden_state
-    logits = model.lm_head(hidden[batch.rows, batch.cols])  # (P, V)
-    return (logits, visual) if return_visual else logits
+    out = inner.language_model(inputs_embeds=embeds, attention_mask=batch.mask,
+                               position_ids=span_positions(batch.ids, batch.mask, spans),
+                               output_hidden_states=bool(hidden_layers))
+    logits = model.lm_head(out.last_hidden_state[batch.rows, batch.cols])  # (P, V)
+    extra = ((visual,) if return_visual else ()) + ((tuple(out.hidden_states[k] for k in hidden_layers),)
+                                                     if hidden_layers else ())
+    return (logits, *extra) if extra else logits
 
 
 @torch.no_grad()
@@ -346,6 +364,36 @@ def fold_standardisation(projector, mean: torch.Tensor, std: torch.Tensor) -> No
     layer.weight.copy_(weight.to(layer.weight.dtype))
 
 
+def _referent_states(batch: Batch, hidden: tuple, n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(visual (B, N, D), answer (B, D))``: the visual tokens' states at the role layer and the
+    state of the position that predicts each sequence's first answer word at the answer layer
+    (zeros and the last position for a sequence without a question, whose targets are ignored)."""
+    role_states, answer_states = hidden
+    B = batch.ids.shape[0]
+    image = batch.ids == IMAGE
+    shown = image.sum(1) == n_visual  # a sequence that asks nothing shows no image either
+    visual = role_states.new_zeros(B, n_visual, role_states.shape[-1])
+    visual[shown] = role_states[shown][image[shown]].view(-1, n_visual, role_states.shape[-1])
+    rows, cols = batch.rows[batch.first], batch.cols[batch.first]
+    firsts = torch.full((B,), -1, dtype=torch.long)
+    for r, c in zip(rows.tolist()[::-1], cols.tolist()[::-1]):  # the first turn's answer of each row
+        firsts[r] = c
+    return visual, answer_states[torch.arange(B), firsts]
+
+
+def _word_states(states: torch.Tensor, words: int) -> torch.Tensor:
+    """``(B, words, D)``: the states of the first question's words, which start at position 2
+    (``<s> USER: q ...``, right padding as in training)."""
+    return states[:, 2 : 2 + words]
+
+
+def _referent_targets(turns, idx, scenes, owners) -> dict[str, torch.Tensor]:
+    """:func:`referents.stack_referents` of each conversation's first question (the one before the image;
+    none when the scene could not carry a question of its phase's types)."""
+    return stack_referents([referents(scenes[i], conv[0][3] if conv else None, owners[i])
+                            for conv, i in zip(turns, idx)])
+
+
 def _param_groups(model, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -386,6 +434,7 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     mean, std = standardisation(phases[-1][2])  # of the full world's scenes
     phases = [(c, sc, ((f.float() - mean) / std).to(torch.float16), st) for c, sc, f, st in phases]
     labels = [attribute_labels(sc, f.shape[1]) if settings.align else None for _, sc, f, _ in phases]
+    owners = [scene_owners(sc, f.shape[1]).numpy() if settings.referents else None for _, sc, f, _ in phases]
     groups = attribute_word_ids()
     val = sample("val", settings.val_questions, seed=settings.seed, workers=settings.threads, grid=None)
     val_features = ((cache_features(vision, np.stack([r.image for r in val]), progress=False).float() - mean) / std)
@@ -395,13 +444,19 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
                            "images": len(sc)} for c, sc, _, st in phases]}
 
     torch.manual_seed(settings.seed)
+    heads = ReferentHeads(settings.size.lm_width) if settings.referents else None
     model.train()
     model.model.vision_tower.eval()
-    opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+    param_groups = _param_groups(model, settings.weight_decay)
+    if heads is not None:
+        param_groups += _param_groups(heads, settings.weight_decay)
+    opt = torch.optim.AdamW(param_groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
     first = 0
     state = checkpoints.load("llava")
     if state is not None:
         model.load_state_dict(state["model"])
+        if heads is not None:
+            heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["optimizer"])
         first, history["log"], history["val"] = state["step"], state["log"], state["val"]
         history["train_seconds"] = state.get("train_seconds", 0.0)
@@ -416,7 +471,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     trainable = [p for g in opt.param_groups for p in g["params"]]
 
     def snapshot(step):
-        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": history["log"],
+        return {"model": model.state_dict(), "heads": None if heads is None else heads.state_dict(),
+                "optimizer": opt.state_dict(), "step": step, "log": history["log"],
                 "val": history["val"], "train_seconds": history.get("train_seconds", 0.0) + time.perf_counter() - began}
 
     bar = tqdm(range(first, settings.steps), desc="lab LLaVA", initial=first, total=settings.steps,
@@ -427,14 +483,23 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
         rng = step_rng(settings.seed, 3, step)
         p, idx = schedule[step]
         config, scenes, features, _ = phases[p]
-        batch = make_batch([conversation(scenes[i], rng, settings.turns, config, caption_rate=settings.caption_rate)
-                            for i in idx], idx, n_visual)
+        turns = [conversation(scenes[i], rng, settings.turns, config, caption_rate=settings.caption_rate)
+                 for i in idx]
+        batch = make_batch(turns, idx, n_visual)
         squeeze = (rng.random(len(idx)) < settings.span_rate) & (step >= settings.span_start * settings.steps)
         spans = torch.as_tensor(np.where(squeeze, rng.uniform(settings.span_min, n_visual, len(idx)), n_visual),
                                 dtype=torch.float32)
+        layers = ((settings.role_layer, settings.answer_layer)
+                  + (() if settings.word_layer is None else (settings.word_layer,))) if heads is not None else ()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-            logits, visual = answer_logits(model, features[batch.images].float(), batch, spans, return_visual=True)
+            logits, visual, *hidden = answer_logits(model, features[batch.images].float(), batch, spans,
+                                                    return_visual=True, hidden_layers=layers)
         loss = answer_loss(logits, batch.targets)
+        if heads is not None:
+            targets = _referent_targets(turns, idx, scenes, owners[p])
+            words = None if settings.word_layer is None else _word_states(hidden[0][2], targets["words"].shape[1])
+            aux, parts = referent_loss(heads, *_referent_states(batch, hidden[0][:2], n_visual), targets, words)
+            loss = loss + settings.referents * aux
         if settings.align:
             align = word_alignment_loss(visual, model.model.get_input_embeddings().weight,
                                         labels[p][batch.images].long(), groups)
@@ -449,6 +514,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
             entry = {"step": step, "phase": p, "loss": round(loss.item(), 4), "train_acc": round(acc, 4)}
             if settings.align:
                 entry["align_loss"] = round(align.item(), 4)
+            if heads is not None:
+                entry.update({f"{k}_loss": round(v, 4) for k, v in parts.items()})
             history["log"].append(entry)
             bar.set_postfix(loss=entry["loss"], acc=entry["train_acc"])
             if log is not None:

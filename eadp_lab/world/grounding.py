@@ -19,7 +19,7 @@ import numpy as np
 from .render import label_map
 from .scenes import Scene
 
-__all__ = ["coverage_from_labels", "patch_coverage", "patch_masks", "token_masks", "pointing_hits"]
+__all__ = ["coverage_from_labels", "patch_coverage", "patch_masks", "patch_owner", "token_masks", "pointing_hits"]
 
 
 @lru_cache(maxsize=64)
@@ -84,6 +84,21 @@ def patch_masks(coverage: np.ndarray, threshold: float = 0.25) -> np.ndarray:
     for k in np.flatnonzero(lost):
         masks.reshape(K, -1)[k, flat[k].argmax()] = True
     return masks
+
+
+def patch_owner(coverage: np.ndarray) -> np.ndarray:
+    """``(gh * gw,)`` int64: the object each patch belongs to (row-major), -1 on background.
+
+    A patch belongs to an object of :func:`patch_masks` (covering it at least 25%, or an
+    object's best patch); one that two objects share goes to the one covering more.
+    """
+    K = coverage.shape[0]
+    if K == 0:
+        return np.full(int(np.prod(coverage.shape[1:])), -1, np.int64)
+    flat = coverage.reshape(K, -1)
+    mask = patch_masks(coverage).reshape(K, -1)
+    owner = np.where(mask, flat, -1.0).argmax(0)
+    return np.where(mask.any(0), owner, -1).astype(np.int64)
 
 
 def token_masks(refs, masks: np.ndarray) -> np.ndarray:
