@@ -114,3 +114,17 @@ def test_a_sequence_without_a_question_is_ignored():
     loss, parts = referent_loss(heads, visual, answer, targets)
     only, _ = referent_loss(heads, visual[1:], answer[1:], {k: v[1:] for k, v in targets.items()})
     assert torch.isfinite(loss) and torch.allclose(loss, only)  # the empty sequence adds nothing
+
+
+def test_the_card_recipe_describes_the_referent_losses_only_when_they_are_on():
+    from dataclasses import replace
+
+    from eadp_lab.labmodels.llava_training import LlavaTraining
+    from eadp_lab.labmodels.train import llava_recipe
+
+    history = {"phases": [{"steps": 10, "images": 20, "objects": [3, 7], "qtypes": []}], "val": []}
+    off = llava_recipe(LlavaTraining(), history)
+    on = llava_recipe(replace(LlavaTraining(), referents=0.5, role_layer=2, answer_layer=3, word_layer=1), history)
+    assert "Referent losses" not in off and "Referent losses" in on
+    assert "at layer 2 each visual token" in on and "at layer 3 the position" in on and "at layer 1 each word" in on
+    assert "weight 0.5" in on

@@ -223,7 +223,10 @@ def llava_recipe(settings, history: dict) -> str:
                f"asked about, the first object of a relation, every object a count or existence phrase matches; "
                f"the centre patch of a subject; the anchor of a relation or relational description; or none), "
                f"and at layer {settings.answer_layer} the position that predicts the answer predicts the number "
-               f"of subjects and the centres (x, y) of the subject and the anchor; weight {settings.referents}. "
+               f"of subjects and the centres (x, y) of the subject and the anchor"
+               + (f"; at layer {settings.word_layer} each word of the question predicts whether it names a subject, "
+                  f"the anchor, a relation or nothing" if getattr(settings, "word_layer", None) is not None else "")
+               + f"; weight {settings.referents}. "
                f"The targets come from the scene description and the label maps. **Why:** trained on the answer "
                f"word alone, a model this small must discover without any intermediate signal that it has to find "
                f"the named objects first, and a yes/no relation answer is an exclusive-or of the relation word "
