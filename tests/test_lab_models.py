@@ -127,8 +127,10 @@ def _tiny_llava_settings():
     from eadp_lab.labmodels.llava_training import LlavaTraining
 
     # two phases (colour questions, then the whole mix): the stop after step 2 falls past the boundary
+    # with the referent losses on: their heads' state must come back too
     return LlavaTraining(steps=3, batch=4, turns=2, images=8, val_questions=8, val_every=10**6, threads=1,
-                         phases=((3, 7, 0.34, ("colour",)), (3, 7, 0.66)), size=TINY_LLAVA)
+                         phases=((3, 7, 0.34, ("colour",)), (3, 7, 0.66)), size=TINY_LLAVA,
+                         referents=1.0, role_layer=1, answer_layer=1, word_layer=1)
 
 
 def _same_weights(a, b):
@@ -177,6 +179,7 @@ def test_a_stopped_llava_run_resumes_to_the_same_weights(tmp_path):
     assert torch.load(tmp_path / "ck" / "llava.pt", weights_only=False)["step"] == 2
     resumed, again = train_llava(settings, tmp_path / "clip", Checkpoints(tmp_path / "ck", every=0), progress=False)
     assert _same_weights(unbroken, resumed) and again["log"] == history["log"]
+    assert {"role_loss", "count_loss", "xy_loss", "word_loss"} <= set(history["log"][0])
 
 
 def test_tower_states_are_the_hidden_states_of_the_tower():

@@ -128,3 +128,15 @@ def test_the_card_recipe_describes_the_referent_losses_only_when_they_are_on():
     assert "Referent losses" not in off and "Referent losses" in on
     assert "at layer 2 each visual token" in on and "at layer 3 the position" in on and "at layer 1 each word" in on
     assert "weight 0.5" in on
+
+
+def test_referent_layers_beyond_the_language_model_are_refused_before_any_work(tmp_path):
+    import pytest
+    from dataclasses import replace
+
+    from eadp_lab.labmodels.build import LlavaSize
+    from eadp_lab.labmodels.llava_training import LlavaTraining, train_llava
+
+    settings = replace(LlavaTraining(), referents=1.0, role_layer=2, answer_layer=5, size=LlavaSize(lm_layers=4))
+    with pytest.raises(ValueError, match=r"referent layers \[2, 5\] must lie in 0 .. 4"):
+        train_llava(settings, tmp_path / "no-clip-needed", progress=False)

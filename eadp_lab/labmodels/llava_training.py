@@ -415,6 +415,9 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     from ..models.scorers import load_clip
 
     checkpoints = checkpoints or Checkpoints(None)
+    layers = [settings.role_layer, settings.answer_layer] + ([] if settings.word_layer is None else [settings.word_layer])
+    if settings.referents and not all(0 <= k <= settings.size.lm_layers for k in layers):
+        raise ValueError(f"referent layers {layers} must lie in 0 .. {settings.size.lm_layers} (the language model's layers)")
     torch.set_num_threads(settings.threads)
     clip, _ = load_clip(clip_path, dtype=torch.float32)
     model = build_llava(clip, settings.size, seed=settings.seed)
