@@ -415,9 +415,12 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     from ..models.scorers import load_clip
 
     checkpoints = checkpoints or Checkpoints(None)
-    layers = [settings.role_layer, settings.answer_layer] + ([] if settings.word_layer is None else [settings.word_layer])
-    if settings.referents and not all(0 <= k <= settings.size.lm_layers for k in layers):
-        raise ValueError(f"referent layers {layers} must lie in 0 .. {settings.size.lm_layers} (the language model's layers)")
+    # the hidden states the referent heads read: role, answer[, words]
+    layers = ((settings.role_layer, settings.answer_layer) + (() if settings.word_layer is None else (settings.word_layer,))
+              if settings.referents else ())
+    if not all(0 <= k <= settings.size.lm_layers for k in layers):
+        raise ValueError(f"referent layers {list(layers)} must lie in 0 .. {settings.size.lm_layers} "
+                         f"(the language model's layers)")
     torch.set_num_threads(settings.threads)
     clip, _ = load_clip(clip_path, dtype=torch.float32)
     model = build_llava(clip, settings.size, seed=settings.seed)
@@ -492,8 +495,6 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
         squeeze = (rng.random(len(idx)) < settings.span_rate) & (step >= settings.span_start * settings.steps)
         spans = torch.as_tensor(np.where(squeeze, rng.uniform(settings.span_min, n_visual, len(idx)), n_visual),
                                 dtype=torch.float32)
-        layers = ((settings.role_layer, settings.answer_layer)
-                  + (() if settings.word_layer is None else (settings.word_layer,))) if heads is not None else ()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
             logits, visual, *hidden = answer_logits(model, features[batch.images].float(), batch, spans,
                                                     return_visual=True, hidden_layers=layers)
