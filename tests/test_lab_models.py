@@ -373,18 +373,22 @@ def test_word_alignment_loss_rewards_tokens_that_point_at_their_own_words():
 
 
 def test_attribute_labels_follow_the_patch_targets():
+    from eadp_lab.labmodels.clip_training import patch_targets
     from eadp_lab.labmodels.llava_training import attribute_labels, attribute_word_ids
+    from eadp_lab.labmodels.referents import scene_owners
+    from eadp_lab.world.grounding import patch_coverage
     from eadp_lab.world.words import COLOURS, SHAPES, SIZES
     from eadp_lab.world.scenes import sample_scene
     from eadp_lab.world.config import WorldConfig
 
-    scene = sample_scene(np.random.default_rng(3), WorldConfig())
-    labels = attribute_labels([scene], 256)
-    assert labels.shape == (1, 256, 3) and labels.dtype == torch.uint8
-    on = labels[0, :, 0] > 0
-    assert on.any() and (~on).any()
-    colours = {COLOURS[int(c) - 1] for c in labels[0, on, 0]}
-    assert colours <= {o.colour for o in scene.objects}
+    scenes = [sample_scene(np.random.default_rng(seed), WorldConfig()) for seed in (3, 4)]
+    labels = attribute_labels(scenes, scene_owners(scenes, 256).numpy())
+    assert labels.shape == (2, 256, 3) and labels.dtype == torch.uint8
+    for scene, got in zip(scenes, labels):
+        on = got[:, 0] > 0
+        assert on.any() and (~on).any()
+        assert {COLOURS[int(c) - 1] for c in got[on, 0]} <= {o.colour for o in scene.objects}
+        assert np.array_equal(got.numpy(), patch_targets(scene, patch_coverage(scene, (16, 16)))[0][:, :3])
     assert [len(g) for g in attribute_word_ids()] == [len(COLOURS), len(SHAPES), len(SIZES)]
 
 

@@ -101,7 +101,7 @@ def _settle(page, timeout: float = 120.0) -> tuple[str, str]:
 
 
 def test_the_explorer_responds_in_live_jupyterlab(jupyterlab):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -134,10 +134,9 @@ def test_the_explorer_responds_in_live_jupyterlab(jupyterlab):
         # JupyterLab renders only the cells in view: bring the explorer back after Run All scrolled past it
         slider.scroll_into_view_if_needed()
         readout = slider.locator(".widget-readout").first
-        readout.wait_for(state="visible", timeout=60_000)
-        # a widget scrolled back into view is drawn again, its readout text a moment after the element
-        page.wait_for_function("e => e.textContent.trim() !== ''", arg=readout.element_handle(), timeout=60_000)
-        assert readout.inner_text().strip() == "32", "the live explorer must start at the chapter's budget (32)"
+        # a widget scrolled back into view is drawn again (a new element, its readout text a moment after
+        # it): expect re-resolves the locator and retries until the text matches or the timeout
+        expect(readout, "the live explorer must start at the chapter's budget (32)").to_have_text("32", timeout=60_000)
         page.screenshot(path=str(SHOTS / "explorer-start.png"))
         start = _settle(page)
 
@@ -146,7 +145,7 @@ def test_the_explorer_responds_in_live_jupyterlab(jupyterlab):
         for _ in range(12):
             handle.press("ArrowLeft")
         moved = _settle(page)
-        assert readout.inner_text().strip() == "20"
+        expect(readout).to_have_text("20", timeout=30_000)
         assert moved[0] != start[0], "moving the budget slider must redraw the figure"
         assert moved[1] != start[1], "moving the budget slider must update the answers line"
         page.screenshot(path=str(SHOTS / "explorer-budget.png"))

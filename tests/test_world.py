@@ -716,3 +716,15 @@ def test_restricted_world():
         assert {o.shape for o in r.scene.objects} <= {"circle", "square"}
         assert r.qtype in ("colour", "exist")
         check_image_question(r.scene, r.question)
+
+
+def test_centre_cell_is_the_cell_holding_an_objects_centre():
+    from types import SimpleNamespace
+
+    from eadp_lab.world.grounding import centre_cell
+
+    at = lambda x, y: SimpleNamespace(x=x, y=y)  # noqa: E731
+    assert centre_cell(at(0.0, 0.0), 96, 96, (16, 16)) == (0, 0)
+    assert centre_cell(at(11.99, 6.0), 96, 96, (16, 16)) == (1, 1)  # 6 px cells: y = 6 opens row 1
+    assert centre_cell(at(96.0, 95.9), 96, 96, (16, 16)) == (15, 15)  # the far edge stays on the grid
+    assert centre_cell(at(50.0, 30.0), 96, 192, (4, 8)) == (1, 2)  # rows and columns on their own axes

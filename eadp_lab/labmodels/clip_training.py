@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..world.captions import caption
 from ..world.config import QTYPES
-from ..world.grounding import patch_masks, patch_owner
+from ..world.grounding import centre_cell, patch_masks, patch_owner
 from ..world.questions import ask
 from ..world.sample import sample
 from ..world.vocab import is_grounded
@@ -137,9 +137,8 @@ def patch_targets(scene, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     owner = patch_owner(coverage)  # (N,), -1 on background
     on = owner >= 0
     mask = patch_masks(coverage).reshape(K, -1)
-    patch = scene.width / coverage.shape[2]
-    table = np.array([[*attribute_classes(o), min(int(o.y // patch), coverage.shape[1] - 1),
-                       min(int(o.x // patch), coverage.shape[2] - 1)] for o in scene.objects])
+    table = np.array([[*attribute_classes(o), *centre_cell(o, scene.height, scene.width, coverage.shape[1:])]
+                      for o in scene.objects])
     labels[on] = table[owner[on]]
     log_area[on] = np.log(mask.sum(1))[owner[on]]
     return labels, log_area

@@ -141,15 +141,23 @@ def sample_scenes(split: str, n: int, seed: int, start: int = 0, config: WorldCo
     return [s for s, _ in pairs], np.stack([im for _, im in pairs])
 
 
-def attribute_labels(scenes, n_visual: int) -> torch.Tensor:
-    """``(B, N, 3)`` uint8: per patch of the ``sqrt(N) x sqrt(N)`` grid, the 1-based colour,
-    shape and size class of the object it belongs to (0 on background), as the CLIP's dense targets."""
-    from ..world.grounding import patch_coverage
-    from .clip_training import patch_targets
+def attribute_labels(scenes, owners: np.ndarray) -> torch.Tensor:
+    """``(B, N, 3)`` uint8: per patch, the 1-based colour, shape and size class of the object it
+    belongs to (0 on background), as the CLIP's dense targets.
 
-    g = math.isqrt(n_visual)
-    return torch.as_tensor(np.stack([patch_targets(s, patch_coverage(s, (g, g)))[0][:, :3] for s in scenes])
-                           .astype(np.uint8))
+    Args:
+        scenes: ``B`` scenes.
+        owners: ``(B, N)`` the object of each patch, -1 on background (:func:`scene_owners`).
+    """
+    from .clip_training import attribute_classes
+
+    out = np.zeros(owners.shape + (3,), np.uint8)
+    for b, scene in enumerate(scenes):
+        on = owners[b] >= 0
+        if on.any():
+            table = np.array([attribute_classes(o) for o in scene.objects], np.uint8)
+            out[b, on] = table[owners[b, on]]
+    return torch.as_tensor(out)
 
 
 def attribute_word_ids() -> list[torch.Tensor]:
@@ -439,8 +447,9 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
         del images
     mean, std = standardisation(phases[-1][2])  # of the full world's scenes
     phases = [(c, sc, ((f.float() - mean) / std).to(torch.float16), st) for c, sc, f, st in phases]
-    labels = [attribute_labels(sc, f.shape[1]) if settings.align else None for _, sc, f, _ in phases]
-    owners = [scene_owners(sc, f.shape[1]).numpy() if settings.referents else None for _, sc, f, _ in phases]
+    owners = [scene_owners(sc, f.shape[1]).numpy() if settings.align or settings.referents else None
+              for _, sc, f, _ in phases]  # rendered once, for both
+    labels = [attribute_labels(sc, o) if settings.align else None for (_, sc, _, _), o in zip(phases, owners)]
     groups = attribute_word_ids()
     val = sample("val", settings.val_questions, seed=settings.seed, workers=settings.threads, grid=None)
     val_features = ((cache_features(vision, np.stack([r.image for r in val]), progress=False).float() - mean) / std)

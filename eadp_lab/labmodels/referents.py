@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..world.grounding import patch_coverage, patch_owner
+from ..world.grounding import centre_cell, patch_coverage, patch_owner
 from ..world.questions import Question
 from ..world.scenes import Scene, matches
 from ..world.words import COUNT_WORDS, RELATIONS
@@ -99,9 +99,7 @@ def referents(scene: Scene, question: Question | None, owner: np.ndarray) -> tup
     roles[np.isin(owner, subjects)] = ROLES.index("subject")
     roles[np.isin(owner, anchors)] = ROLES.index("anchor")
     for k in subjects:  # one patch per subject: the cell of its centre
-        o = scene.objects[k]
-        row = min(int(o.y * g // scene.height), g - 1)
-        col = min(int(o.x * g // scene.width), g - 1)
+        row, col = centre_cell(scene.objects[k], scene.height, scene.width, (g, g))
         roles[row * g + col] = ROLES.index("subject_centre")
     xy = np.zeros(4, np.float32)
     valid = np.zeros(4, bool)

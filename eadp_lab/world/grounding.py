@@ -19,7 +19,8 @@ import numpy as np
 from .render import label_map
 from .scenes import Scene
 
-__all__ = ["coverage_from_labels", "patch_coverage", "patch_masks", "patch_owner", "token_masks", "pointing_hits"]
+__all__ = ["coverage_from_labels", "patch_coverage", "patch_masks", "patch_owner", "centre_cell", "token_masks",
+           "pointing_hits"]
 
 
 @lru_cache(maxsize=64)
@@ -99,6 +100,13 @@ def patch_owner(coverage: np.ndarray) -> np.ndarray:
     mask = patch_masks(coverage).reshape(K, -1)
     owner = np.where(mask, flat, -1.0).argmax(0)
     return np.where(mask.any(0), owner, -1).astype(np.int64)
+
+
+def centre_cell(obj, height: int, width: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """``(row, col)``: the cell of a ``(gh, gw)`` grid over an ``height x width`` image that holds
+    the centre ``(obj.x, obj.y)`` of an object (px)."""
+    gh, gw = grid
+    return min(int(obj.y * gh // height), gh - 1), min(int(obj.x * gw // width), gw - 1)
 
 
 def token_masks(refs, masks: np.ndarray) -> np.ndarray:
