@@ -286,6 +286,20 @@ def test_shipped_models_load_offline_with_from_pretrained_and_autoprocessor(monk
     assert pointing["+1" if declared > 0 else "-1"] >= pointing["-1" if declared > 0 else "+1"]
 
 
+def test_the_shipped_models_were_trained_with_the_recipes_their_cards_command_runs():
+    """``python -m eadp_lab.labmodels.train clip|clip-global|llava`` with no options must reproduce
+    what ships: each folder's recorded settings are the defaults of that command."""
+    from eadp_lab.labmodels.clip_training import ClipTraining, control_settings
+    from eadp_lab.labmodels.llava_training import LlavaTraining
+
+    expected = {"lab-clip": ClipTraining(), "lab-clip-global": control_settings(), "lab-llava": LlavaTraining()}
+    for name, default in expected.items():
+        report = json.loads((ROOT / "data" / "models" / name / "training.json").read_text())
+        # the recorded dict itself (a key missing from an older folder would read back as today's default)
+        assert report["settings"] == json.loads(json.dumps(default.to_dict())), name
+        assert report["command"].split() == ["python", "-m", "eadp_lab.labmodels.train", name.removeprefix("lab-")]
+
+
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for f in (ROOT / "data" / "models").rglob("*") if f.is_file())
     assert total <= 25 * 2**20, f"data/models holds {total / 2**20:.1f} MB"

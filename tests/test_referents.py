@@ -123,7 +123,7 @@ def test_the_card_recipe_describes_the_referent_losses_only_when_they_are_on():
     from eadp_lab.labmodels.train import llava_recipe
 
     history = {"phases": [{"steps": 10, "images": 20, "objects": [3, 7], "qtypes": []}], "val": []}
-    off = llava_recipe(LlavaTraining(), history)
+    off = llava_recipe(replace(LlavaTraining(), referents=0.0), history)
     on = llava_recipe(replace(LlavaTraining(), referents=0.5, role_layer=2, answer_layer=3, word_layer=1), history)
     assert "Referent losses" not in off and "Referent losses" in on
     assert "at layer 2 each visual token" in on and "at layer 3 the position" in on and "at layer 1 each word" in on

@@ -303,9 +303,9 @@ read it (`eadp_lab.attach` reads the instruction before the image in that case).
 ## Training
 
 `{report['command'].strip()}` ({h.get('total_train_seconds', 0):.0f} s on a 2-core CPU: data and vision
-features {h['data_seconds']:.0f} s, training {h['train_seconds']:.0f} s). Reproducible from the seed at the
-same thread count ({s['threads']}); checkpointed every few minutes, a stopped run resumes where it stopped and
-ends with the same weights.
+features {h['data_seconds']:.0f} s, training {h['train_seconds']:.0f} s{'; ' + h['resumed'] if h.get('resumed') else ''}).
+Reproducible from the seed at the same thread count ({s['threads']}); checkpointed every few minutes, a stopped
+run resumes where it stopped and ends with the same weights.
 
 {report.get('recipe', '')}
 

@@ -80,10 +80,11 @@ class LlavaTraining:
     # predicts its role (subject, a subject's centre patch, anchor, or none); the answer position's
     # state at ``answer_layer`` predicts the number of subjects and the centres of the subject and
     # the anchor. Linear heads, training only; every visual token is labelled alike, none dropped.
-    referents: float = 0.0
+    # 0: off (at equal steps they took validation from 59.5% to 87.5% at step 4,400).
+    referents: float = 1.0
     role_layer: int = 2
     answer_layer: int = 3
-    word_layer: int | None = None  # the question's words predict their role here (None: not at all)
+    word_layer: int | None = 1  # the question's words predict their role here (None: not at all)
     val_questions: int = 600  # single-turn ``val`` questions, checked every ``val_every`` steps
     val_every: int = 200
     size: LlavaSize = field(default_factory=LlavaSize)
