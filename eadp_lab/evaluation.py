@@ -32,7 +32,7 @@ from .methods.settings import clip_similarity_sign, method_settings
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
-           "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap",
+           "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "against_best",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -585,6 +585,36 @@ def positions_gap(renumbered, original):
         raise ValueError("the two runs must cover the same methods and budgets")
     gap = a - b
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
+
+
+def against_best(results, method: str = "eadp"):
+    """``method`` against the best other method of each budget (its own ablations ``method-*``
+    and ``none`` aside), as a ``pandas.DataFrame`` with one row per budget (largest first):
+    ``accuracy``, ``best`` (the rival's name), ``best_accuracy``, ``difference`` (fractions),
+    ``named_reached`` and ``best_named_reached`` (NaN where not measured), and ``verdict``:
+    ``"leads"`` / ``"trails"`` beyond one standard error of a difference of two accuracies on the
+    run's questions (``sqrt(2) *`` :func:`max_standard_error`), ``"level"`` within it.
+
+    Args:
+        results: the rows of :func:`eadp_lab.bench.accuracy.run`, or the command's report.
+    """
+    import pandas as pd
+
+    rows = _result_rows(results)
+    acc = results_frame(rows).drop(index="none", errors="ignore").dropna(axis=1, how="all")
+    reached = results_frame(rows, "named_reached").reindex_like(acc)
+    rivals = acc.drop(index=[m for m in acc.index if m == method or m.startswith(method + "-")])
+    if method not in acc.index or rivals.empty:
+        raise ValueError(f"the results need {method!r} and at least one other method, got {list(acc.index)}")
+    n = min(int(r.get("questions") or 0) for r in rows if r["method"] == method)
+    margin = math.sqrt(2) * max_standard_error(n)
+    best = rivals.idxmax()
+    out = pd.DataFrame({"accuracy": acc.loc[method], "best": best, "best_accuracy": rivals.max()})
+    out["difference"] = out["accuracy"] - out["best_accuracy"]
+    out["named_reached"] = reached.loc[method]
+    out["best_named_reached"] = [reached.loc[best[b], b] for b in out.index]
+    out["verdict"] = ["leads" if d > margin else "trails" if d < -margin else "level" for d in out["difference"]]
+    return out
 
 
 def answer_kind(text: str) -> str:

@@ -350,6 +350,30 @@ def test_max_standard_error_is_the_binomial_one_at_one_half():
         max_standard_error(0)
 
 
+def test_against_best_names_the_best_rival_per_budget_and_leaves_the_ablations_out():
+    from eadp_lab.evaluation import against_best, max_standard_error
+
+    n = 2000
+    margin = np.sqrt(2) * max_standard_error(n)  # 1.58 points
+
+    def row(method, budget, acc, reached=None):
+        return {"method": method, "budget": budget, "accuracy": acc, "named_reached": reached, "questions": n}
+
+    rows = [row("none", 256, 0.93, 1.0),
+            row("eadp", 64, 0.87, 0.95), row("eadp", 28, 0.80, 0.81), row("eadp", 14, 0.67, 0.59),
+            row("eadp-topk", 64, 0.99, 0.9), row("eadp-topk", 28, 0.99), row("eadp-topk", 14, 0.99),  # an ablation
+            row("topk", 64, 0.70, 0.72), row("topk", 28, 0.805, 0.6), row("topk", 14, 0.40),
+            row("cdpruner", 64, 0.85, 0.93), row("cdpruner", 28, 0.79, 0.85), row("cdpruner", 14, 0.73, 0.79)]
+    out = against_best({"results": rows})
+    assert list(out.index) == [64, 28, 14]
+    assert list(out["best"]) == ["cdpruner", "topk", "cdpruner"]  # eadp-topk is never the rival
+    assert out.loc[64, "difference"] == pytest.approx(0.02) and 0.02 > margin
+    assert list(out["verdict"]) == ["leads", "level", "trails"]
+    assert out.loc[14, "best_named_reached"] == 0.79 and out.loc[28, "best_named_reached"] == 0.6
+    with pytest.raises(ValueError, match="other method"):
+        against_best({"results": [r for r in rows if r["method"].startswith("eadp") or r["method"] == "none"]})
+
+
 def test_card_pruning_section_states_the_noise_of_its_question_count():
     from eadp_lab.labmodels.cards import pruning_section
 

@@ -137,6 +137,7 @@ def test_referent_layers_beyond_the_language_model_are_refused_before_any_work(t
     from eadp_lab.labmodels.build import LlavaSize
     from eadp_lab.labmodels.llava_training import LlavaTraining, train_llava
 
-    settings = replace(LlavaTraining(), referents=1.0, role_layer=2, answer_layer=5, size=LlavaSize(lm_layers=4))
-    with pytest.raises(ValueError, match=r"referent layers \[2, 5\] must lie in 0 .. 4"):
+    settings = replace(LlavaTraining(), referents=1.0, role_layer=2, answer_layer=5, word_layer=1,
+                       size=LlavaSize(lm_layers=4))
+    with pytest.raises(ValueError, match=r"referent layers \[2, 5, 1\] must lie in 0 .. 4"):
         train_llava(settings, tmp_path / "no-clip-needed", progress=False)
