@@ -593,7 +593,7 @@ def against_best(results, method: str = "eadp"):
     ``accuracy``, ``best`` (the rival's name), ``best_accuracy``, ``difference`` (fractions),
     ``named_reached`` and ``best_named_reached`` (NaN where not measured), and ``verdict``:
     ``"leads"`` / ``"trails"`` beyond one standard error of a difference of two accuracies on the
-    run's questions (``sqrt(2) *`` :func:`max_standard_error`), ``"level"`` within it.
+    run's questions (``sqrt(2) *`` :func:`max_standard_error`, in ``.attrs["margin"]``), ``"level"`` within it.
 
     Args:
         results: the rows of :func:`eadp_lab.bench.accuracy.run`, or the command's report.
@@ -614,6 +614,7 @@ def against_best(results, method: str = "eadp"):
     out["named_reached"] = reached.loc[method]
     out["best_named_reached"] = [reached.loc[best[b], b] for b in out.index]
     out["verdict"] = ["leads" if d > margin else "trails" if d < -margin else "level" for d in out["difference"]]
+    out.attrs["margin"] = margin
     return out
 
 
