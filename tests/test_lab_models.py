@@ -420,6 +420,16 @@ def test_a_curriculum_phase_asks_only_its_question_types_in_the_worlds_proportio
     assert asked <= {"colour", "shape"} and asked
     with pytest.raises(ValueError, match="count2"):
         phase_config((3, 7, 0.5, ("colour", "count2")))
+    # (name, weight) pairs set the proportions, and conversations follow them
+    weighted = phase_config((3, 7, 0.5, (("colour", 1), ("count", 3))))
+    assert weighted.question_mix == (("colour", 1), ("count", 3))
+    drawn = [t for _ in range(400) for _, _, t, _ in conversation(scene, rng, 1, weighted)]
+    assert set(drawn) == {"colour", "count"} and 0.68 < drawn.count("count") / len(drawn) < 0.82
+    for bad in ((("colour", 0),), (("colour", 1.5),)):
+        with pytest.raises(ValueError, match="positive integers"):
+            phase_config((3, 7, 0.5, bad))
+    with pytest.raises(ValueError, match="all as names"):
+        phase_config((3, 7, 0.5, ("colour", ("count", 3))))
 
 
 def test_alignment_frame_sets_clips_side_by_side_with_their_declared_signs():
@@ -435,3 +445,35 @@ def test_alignment_frame_sets_clips_side_by_side_with_their_declared_signs():
     row = frame[(frame["clip"] == "a") & (frame.sign == -1.0) & (frame.kind == "colour")].iloc[0]
     assert row.pointing == direct["-1"]["colour"]["pointing"] and row.entropy == direct["-1"]["colour"]["entropy"]
     assert frame[frame.kind == "function"].pointing.isna().all()  # function words name no object
+
+
+def test_compare_weights_tells_a_bitwise_rerun_from_a_different_one(tmp_path):
+    from safetensors.torch import save_file
+
+    from eadp_lab.labmodels.train import compare_weights, main
+
+    w = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16)}
+    for name, tensors in {"one": w, "same": {k: v.clone() for k, v in w.items()},
+                          "off": {**w, "b": w["b"] + 0.5}, "fewer": {"a": w["a"]},
+                          "dtype": {**w, "b": w["b"].float()}}.items():
+        (tmp_path / name).mkdir()
+        save_file(tensors, tmp_path / name / "model.safetensors")
+    assert compare_weights(tmp_path / "one", tmp_path / "same") == {
+        "folder": str(tmp_path / "same"), "bitwise_equal": True, "max_abs_difference": 0.0}
+    off = compare_weights(tmp_path / "one", tmp_path / "off")
+    assert not off["bitwise_equal"] and off["max_abs_difference"] == 0.5
+    assert not compare_weights(tmp_path / "one", tmp_path / "fewer")["bitwise_equal"]
+    dtype = compare_weights(tmp_path / "one", tmp_path / "dtype")
+    assert not dtype["bitwise_equal"] and dtype["max_abs_difference"] == 0.0
+    with pytest.raises(SystemExit):  # a folder without weights is refused before any training
+        main(["clip", "--compare-with", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_recorded_command_keeps_what_changes_the_weights_and_drops_where_files_go():
+    from eadp_lab.labmodels.train import recipe_command
+
+    assert recipe_command("llava", ["--out", "/tmp/x", "--checkpoints=/tmp/c", "--seed", "3",
+                                    "--compare-with", "data/models/lab-llava", "--checkpoint-every", "60"]) == \
+        "python -m eadp_lab.labmodels.train llava --seed 3"
+    assert recipe_command("clip", []) == "python -m eadp_lab.labmodels.train clip"

@@ -14,6 +14,18 @@ _KINDS = ("colour", "shape", "size", "count", "relation", "attribute", "noun", "
           "content", "function+punctuation", "grounded")
 
 
+def _rerun_text(history: dict) -> str:
+    """The card's sentences on how the timing was taken and whether a rerun matched, from the
+    history's ``timing`` note and ``compared_with`` record (``--compare-with``)."""
+    text = f" {history['timing']}" if history.get("timing") else ""
+    c = history.get("compared_with")
+    if c:
+        text += (f" This run's weights were compared with `{c['folder']}`'s: "
+                 + ("bitwise equal." if c["bitwise_equal"] else
+                    f"**not** equal (largest difference {c['max_abs_difference']})."))
+    return text
+
+
 def _fmt(x, digits=3):
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -193,7 +205,7 @@ stored in float16; load with `CLIPModel.from_pretrained(path, dtype=torch.float3
 
 `{report['command'].strip()}` ({h.get('total_train_seconds', 0):.0f} s of training on a 2-core CPU: {times}).
 Reproducible from the seed at the same thread count ({s['threads']}); checkpointed every few minutes, a stopped
-run resumes where it stopped and ends with the same weights.
+run resumes where it stopped and ends with the same weights.{_rerun_text(h)}
 
 {training}
 
@@ -305,7 +317,7 @@ read it (`eadp_lab.attach` reads the instruction before the image in that case).
 `{report['command'].strip()}` ({h.get('total_train_seconds', 0):.0f} s on a 2-core CPU: data and vision
 features {h['data_seconds']:.0f} s, training {h['train_seconds']:.0f} s{'; ' + h['resumed'] if h.get('resumed') else ''}).
 Reproducible from the seed at the same thread count ({s['threads']}); checkpointed every few minutes, a stopped
-run resumes where it stopped and ends with the same weights.
+run resumes where it stopped and ends with the same weights.{_rerun_text(h)}
 
 {report.get('recipe', '')}
 

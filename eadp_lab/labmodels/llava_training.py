@@ -54,10 +54,14 @@ class LlavaTraining:
     # without types asks the world's whole mix, and the last phase should be the full world. A small
     # language model trained from scratch on the whole mix stays at the answer priors: it does not
     # learn to bind a question's noun phrase to one of several objects. One type at a time, in order
-    # of how little binding it needs, it does.
+    # of how little binding it needs, it does. The last phase asks every type, count twice its share
+    # of the world's mix (6 of 23 questions instead of 3 of 20): with the world's own mix, count, the
+    # latest type to be learnt, was still climbing when training ended (75.7% held out, every other
+    # type >= 90.8%). A mix of question types; it names no visual token, so it favours no method.
     phases: tuple = ((3, 7, 0.15, ("colour",)), (3, 7, 0.13, ("colour", "shape")),
                      (3, 7, 0.12, ("colour", "shape", "size")), (3, 7, 0.1, ("colour", "shape", "size", "exist")),
-                     (3, 7, 0.1, ("colour", "shape", "size", "exist", "count")), (3, 7, 0.4))
+                     (3, 7, 0.1, ("colour", "shape", "size", "exist", "count")),
+                     (3, 7, 0.4, (("colour", 4), ("shape", 3), ("size", 2), ("relation", 4), ("count", 6), ("exist", 4))))
     images: int = 30_000  # distinct training scenes (``train`` split; a seed stream apart from the CLIP's)
     # Position interpolation of the image span (method-neutral: every visual token is kept): in this
     # share of the conversations the 256 visual tokens' RoPE positions are squeezed evenly into a span
@@ -96,22 +100,37 @@ class LlavaTraining:
     def from_dict(cls, d: dict) -> "LlavaTraining":
         d = dict(d)
         d["size"] = LlavaSize(**d["size"])
-        d["phases"] = tuple(tuple(tuple(x) if isinstance(x, list) else x for x in p) for p in d["phases"])
+        d["phases"] = tuple(tuple(_tuples(x) for x in p) for p in d["phases"])
         return cls(**d)
+
+
+def _tuples(x):
+    """JSON lists back to the nested tuples they were written from."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def phase_config(phase) -> WorldConfig:
     """The world of one curriculum phase ``(low, high, share[, question types])``: scenes of
-    ``low`` to ``high`` objects, questions of the given types in the world's proportions."""
+    ``low`` to ``high`` objects, questions of the given types. The types are either names, asked in
+    the world's proportions (``("colour", "shape")``), or ``(name, weight)`` pairs that set the
+    proportions (``(("colour", 4), ("count", 6))``)."""
     low, high, _, *qtypes = phase
     config = WorldConfig(n_objects=(low, high))
     if not qtypes:
         return config
-    unknown = set(qtypes[0]) - {q for q, _ in config.question_mix}
-    if unknown or not qtypes[0]:
+    world = dict(config.question_mix)
+    if len({isinstance(q, str) for q in qtypes[0]}) > 1:
+        raise ValueError(f"phase {phase!r}: give question types all as names or all as (name, weight) pairs")
+    asked = [(q, world.get(q)) if isinstance(q, str) else tuple(q) for q in qtypes[0]]
+    unknown = {q for q, _ in asked} - set(world)
+    if unknown or not asked:
         raise ValueError(f"phase {phase!r}: question types must be a non-empty subset of "
-                         f"{[q for q, _ in config.question_mix]}, got unknown {sorted(unknown)}")
-    return config.replace(question_mix=tuple((q, c) for q, c in config.question_mix if q in qtypes[0]))
+                         f"{list(world)}, got unknown {sorted(unknown)}")
+    if any(not isinstance(w, int) or w < 1 for _, w in asked):
+        raise ValueError(f"phase {phase!r}: question weights must be positive integers")
+    if isinstance(qtypes[0][0], str):  # names: the world's order and proportions
+        return config.replace(question_mix=tuple((q, c) for q, c in config.question_mix if q in qtypes[0]))
+    return config.replace(question_mix=tuple(asked))
 
 
 @torch.no_grad()
@@ -456,7 +475,8 @@ def train_llava(settings: LlavaTraining, clip_path, checkpoints: Checkpoints | N
     val_features = ((cache_features(vision, np.stack([r.image for r in val]), progress=False).float() - mean) / std)
     val_questions = [(i, r.question.text, r.answer, r.qtype) for i, r in enumerate(val)]
     history = {"data_seconds": round(time.perf_counter() - start, 1), "log": [], "val": [],
-               "phases": [{"objects": list(c.n_objects), "qtypes": [q for q, _ in c.question_mix], "steps": st,
+               "phases": [{"objects": list(c.n_objects), "qtypes": [q for q, _ in c.question_mix],
+                           "mix": dict(c.question_mix), "steps": st,
                            "images": len(sc)} for c, sc, _, st in phases]}
 
     torch.manual_seed(settings.seed)

@@ -69,6 +69,25 @@ def measure_clip(model, tokenizer, n: int = 600, progress: bool = True) -> dict:
     return figures
 
 
+def compare_weights(folder: Path, other: Path) -> dict:
+    """Whether two saved models hold the same weights: ``{"folder", "bitwise_equal",
+    "max_abs_difference"}`` (``bitwise_equal`` needs the same tensor names, shapes, dtypes and
+    bits; the difference is over the tensors both hold with one shape, None when there are none)."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(Path(folder) / "model.safetensors"), load_file(Path(other) / "model.safetensors")
+    shared = [k for k in a if k in b and a[k].shape == b[k].shape]
+    diff = max(((a[k].float() - b[k].float()).abs().max().item() for k in shared), default=None)
+    same = set(a) == set(b) == set(shared) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in shared)
+    return {"folder": str(other), "bitwise_equal": same, "max_abs_difference": diff}
+
+
+def _compare(args, out: Path, history: dict) -> None:
+    if args.compare_with:
+        history["compared_with"] = compare_weights(out, Path(args.compare_with))
+        print(json.dumps({"compared_with": history["compared_with"]}))
+
+
 def _checkpoints(args, name: str):
     from .checkpoint import Checkpoints
 
@@ -98,6 +117,7 @@ def _clip(args, control: bool = False) -> int:
         model, tokenizer, history = train_clip(settings, _checkpoints(args, "lab-clip-global" if control else "lab-clip"))
         save_clip(model, tokenizer, out)
         history["total_train_seconds"] = round(time.perf_counter() - start, 1)
+        _compare(args, out, history)
         write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
                                             "command": _command("clip-global" if control else "clip")})
     report = json.loads((out / "training.json").read_text())
@@ -154,8 +174,26 @@ def write_llava_card(folder: Path) -> None:
     (folder / "README.md").write_text(llava_card(report))
 
 
+# Options that say where a run writes, never what it learns: left out of the recorded command.
+_PLACE_OPTIONS = ("--out", "--checkpoints", "--checkpoint-every", "--compare-with")
+
+
+def recipe_command(name: str, argv: list[str]) -> str:
+    """The training command as a card quotes it: ``argv`` (the options after the model name)
+    without the options that only place the run's files (``_PLACE_OPTIONS``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _PLACE_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(o + "=" for o in _PLACE_OPTIONS)):
+            kept.append(arg)
+    return " ".join(["python", "-m", "eadp_lab.labmodels.train", name, *kept])
+
+
 def _command(name: str) -> str:
-    return f"python -m eadp_lab.labmodels.train {name} " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else [])
+    return recipe_command(name, sys.argv[2:])
 
 
 def save_llava(model, out: Path, dtype=torch.float16) -> None:
@@ -188,7 +226,19 @@ def measure_llava(path: Path, n: int = 2000, progress: bool = True) -> dict:
 def llava_recipe(settings, history: dict) -> str:
     """The training recipe of the card, from the settings and the history."""
     def asks(p):
-        return ", ".join(f"`{q}`" for q in p["qtypes"]) if p.get("qtypes") else "the world's mix"
+        if not p.get("qtypes"):
+            return "the world's mix"
+        if "mix" not in p:  # a folder written before the history kept the proportions
+            return ", ".join(f"`{q}`" for q in p["qtypes"])
+        if len(p["mix"]) == 1:
+            return f"`{next(iter(p['mix']))}`"
+        return ", ".join(f"`{q}` {w}" for q, w in p["mix"].items()) + " (relative weights)"
+
+    from ..world.config import WorldConfig
+
+    world = dict(WorldConfig().question_mix)
+    last = history["phases"][-1].get("mix", {})
+    reweighted = {q: (w, world[q]) for q, w in last.items() if set(last) == set(world) and w != world[q]}
 
     phases = "; ".join(f"{p['steps']} steps on {p['images']} scenes of {p['objects'][0]} to {p['objects'][1]} objects "
                        f"asking {asks(p)}" for p in history["phases"])
@@ -207,7 +257,13 @@ def llava_recipe(settings, history: dict) -> str:
             f"did not learn to bind a question's noun phrase to one of several objects. Taught one type at a "
             f"time, in order of how little binding a type needs, it learns them (the validation curve below shows "
             f"how far). The curriculum orders question types, "
-            f"never visual tokens, so it cannot favour a pruning method.\n"
+            f"never visual tokens, so it cannot favour a pruning method."
+            + (" The last phase asks every type, reweighted against the world's mix ("
+               + ", ".join(f"`{q}` {w} instead of {v}" for q, (w, v) in reweighted.items())
+               + "): trained on the world's own mix (the recipe before this one), count, the last type taught, was "
+                 "still climbing when training ended (75.7% on the 2,000 held-out questions, every other type at "
+                 "least 90.8%). Question types again, "
+                 "no visual token, so no method is favoured." if reweighted else "") + "\n"
             + sequences + f"; with probability {settings.caption_rate} one more turn asks for a caption (dense, "
             f"grounded next-word prediction). "
             f"Loss: next-token cross-entropy on the answer words and their `</s>` only"
@@ -285,6 +341,7 @@ def _llava(args) -> int:
         model, history = train_llava(settings, clip_path, _checkpoints(args, "lab-llava"))
         save_llava(model, out)
         history["total_train_seconds"] = round(time.perf_counter() - start, 1)
+        _compare(args, out, history)
         write_json(out / "training.json", {"settings": settings.to_dict(), "history": history,
                                             "command": _command("llava"), "clip": str(clip_path)})
     report = json.loads((out / "training.json").read_text())
@@ -316,7 +373,15 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between checkpoints")
     parser.add_argument("--measure-only", action="store_true",
                         help="measure the saved folder and rewrite its card (no training)")
+    parser.add_argument("--compare-with", default=None, metavar="FOLDER",
+                        help="after training, compare the saved weights with FOLDER's bit for bit (a reproducibility "
+                             "check: train into a scratch --out, compare with the shipped folder); recorded in "
+                             "training.json")
     args = parser.parse_args(argv)
+    if args.compare_with and not (Path(args.compare_with) / "model.safetensors").is_file():
+        parser.error(f"--compare-with {args.compare_with}: no model.safetensors there")
+    if args.compare_with and args.measure_only:
+        parser.error("--compare-with needs a training run (not --measure-only)")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
     if args.seed is not None and args.seed < 0:
