@@ -33,6 +33,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "against_best",
+           "long_run_figures", "positions_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -616,6 +617,87 @@ def against_best(results, method: str = "eadp"):
     out["verdict"] = ["leads" if d > margin else "trails" if d < -margin else "level" for d in out["difference"]]
     out.attrs["margin"] = margin
     return out
+
+
+def long_run_figures(report, method: str = "eadp") -> dict:
+    """The figures a chapter quotes of one long run (a report with ``method`` and other methods):
+    ``long_verdict`` (``method`` against the best other method per budget, :func:`against_best`,
+    as a sentence), ``long_n`` (questions), ``long_se`` (:func:`max_standard_error`),
+    ``long_paired`` (the verdicts' margin), ``long_budget`` (the smallest budget),
+    ``long_ablations`` (``method``'s ablations against it there, in points),
+    ``long_type_worst``/``long_type_best`` and their ``..._change`` (per question type,
+    ``method`` at the smallest budget against every token), and ``reach_*``: the method and
+    budget whose answers fall furthest below its reach of the named objects (``reach_named``,
+    ``reach_acc``), ``method``'s own there (``reach_eadp_named``, ``reach_eadp_acc``), and
+    ``reach_verdict``. ``report`` ``None``: the same keys, NaN, 0 or a "no long run" text."""
+    if report is None:
+        return {**dict.fromkeys(("long_n", "long_budget", "reach_budget"), 0),
+                **dict.fromkeys(("long_se", "long_paired", "long_type_worst_change", "long_type_best_change",
+                                 "reach_named", "reach_acc", "reach_eadp_named", "reach_eadp_acc"), float("nan")),
+                **dict.fromkeys(("long_verdict", "long_ablations", "long_type_worst", "long_type_best",
+                                 "reach_verdict", "reach_method"), "(no long run for this model)")}
+    lead = against_best(report, method)
+    acc = results_frame(report).drop(index="none", errors="ignore").dropna(axis=1, how="all")
+    reached = results_frame(report, "named_reached").reindex_like(acc)
+    n = min(int(r.get("questions") or 0) for r in _result_rows(report) if r["method"] == method)
+    paired = lead.attrs["margin"]
+    clauses = [f"{'is level' if r.verdict == 'level' else r.verdict} at {b} tokens ({r.accuracy:.1%} against "
+               f"{r.best}'s {r.best_accuracy:.1%}, {100 * r.difference:+.1f} points"
+               + ("" if math.isnan(r.named_reached) else
+                  f"; named objects reached on {r.named_reached:.1%} against {r.best_named_reached:.1%}") + ")"
+               for b, r in lead.iterrows()]
+    low = min(acc.columns)
+    types = per_type_frame(report)
+    change = (types.loc[(method, low)] - types.xs("none", level="method").iloc[0]).drop("all").round(9)
+    missed = (reached - acc).stack()
+    worst_m, worst_b = missed.idxmax() if len(missed) else (method, low)
+    return {
+        "long_verdict": method.upper() + " " + ", ".join(clauses[:-1]) + (" and " if len(clauses) > 1 else "")
+        + clauses[-1],
+        "long_n": n, "long_se": max_standard_error(n), "long_paired": paired, "long_budget": int(low),
+        "long_ablations": ", ".join(f"{m} {100 * (acc.loc[m, low] - acc.loc[method, low]):+.1f}"
+                                    for m in acc.index if m.startswith(method + "-")) or "none run",
+        "long_type_worst": " and ".join(change.index[change == change.min()]),
+        "long_type_best": " and ".join(change.index[change == change.max()]),
+        "long_type_worst_change": float(change.min()), "long_type_best_change": float(change.max()),
+        "reach_verdict": "these questions carry no ground truth of the objects they name" if not len(missed) else
+        "reaching the named objects is not enough for the answer" if missed.max() > paired else
+        "what a method reaches of the named objects and what the model answers go together here",
+        "reach_method": worst_m, "reach_budget": int(worst_b),
+        "reach_named": float(reached.loc[worst_m, worst_b]), "reach_acc": float(acc.loc[worst_m, worst_b]),
+        "reach_eadp_named": float(reached.loc[method, worst_b]), "reach_eadp_acc": float(acc.loc[method, worst_b]),
+    }
+
+
+def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
+    """The figures a chapter quotes of two runs that differ only in ``--positions``
+    (:func:`positions_gap`): ``positions_gap_mean``, ``positions_gap_max`` (largest size),
+    ``positions_cells``, ``positions_beyond`` (cells differing by more than ``tolerance``),
+    ``positions_verdict`` (a sentence naming those cells) and ``positions_best`` (whether both
+    runs pick the same best method per budget). ``None`` for either run: NaN, 0 and "not measured"."""
+    if renumbered is None or original is None:
+        return {"positions_gap_max": float("nan"), "positions_gap_mean": float("nan"), "positions_beyond": 0,
+                "positions_cells": 0, "positions_verdict": "not measured", "positions_best": ""}
+    gap = positions_gap(renumbered, original)
+    cells = gap.stack()
+    beyond = cells[cells.abs().round(9) > tolerance]
+    sign = ("all negative (renumbered below original)" if (beyond < 0).all() else
+            "all positive (renumbered above original)" if (beyond > 0).all() else "of both signs")
+    points = f"{100 * tolerance:g} points"
+    verdict = (f"so the target of within {points} everywhere is met: renumbering the kept tokens does not change "
+               f"what the comparison of methods measures" if beyond.empty else
+               f"so the target of within {points} everywhere is missed in those cells, {sign}: "
+               + ", ".join(f"{m} at {b} tokens {100 * v:+.1f} points" for (m, b), v in beyond.items()))
+    winners = [results_frame(run).drop(index="none", errors="ignore").dropna(axis=1, how="all").idxmax()
+               for run in (renumbered, original)]
+    differ = [b for b in winners[0].index if winners[0][b] != winners[1][b]]
+    best = ("Both runs pick the same best method at every budget: "
+            + ", ".join(f"{winners[0][b]} at {b} tokens" for b in winners[0].index) if not differ else
+            "The two runs pick different best methods at "
+            + ", ".join(f"{b} tokens ({winners[0][b]} renumbered, {winners[1][b]} original)" for b in differ))
+    return {"positions_gap_max": float(cells.abs().max()), "positions_gap_mean": float(cells.mean()),
+            "positions_beyond": len(beyond), "positions_cells": int(cells.size), "positions_verdict": verdict,
+            "positions_best": best}
 
 
 def answer_kind(text: str) -> str:

@@ -375,6 +375,63 @@ def test_against_best_names_the_best_rival_per_budget_and_leaves_the_ablations_o
         against_best({"results": [r for r in rows if r["method"].startswith("eadp") or r["method"] == "none"]})
 
 
+def _long_rows(shift=0.0):
+    """A long run's rows: none, eadp, its ablation and two rivals at 64 and 14 tokens, per type."""
+    def row(method, budget, acc, reached, colour, count):
+        return {"method": method, "budget": budget, "accuracy": acc + shift, "named_reached": reached,
+                "questions": 2000, "per_type": {"colour": {"accuracy": colour, "questions": 1000},
+                                                "count": {"accuracy": count, "questions": 1000}}}
+
+    return [row("none", 256, 0.9, None, 0.95, 0.85),
+            row("eadp", 64, 0.85, 0.95, 0.9, 0.8), row("eadp", 14, 0.6, 0.6, 0.7, 0.5),
+            row("eadp-topk", 64, 0.7, 0.9, 0.8, 0.6), row("eadp-topk", 14, 0.45, 0.7, 0.5, 0.4),
+            row("topk", 64, 0.6, 0.9, 0.7, 0.5), row("topk", 14, 0.4, 0.85, 0.5, 0.3),
+            row("cdpruner", 64, 0.84, 0.93, 0.9, 0.78), row("cdpruner", 14, 0.7, 0.8, 0.8, 0.6)]
+
+
+def test_long_run_figures_quote_the_verdict_the_ablations_and_the_widest_reach_gap():
+    from eadp_lab.evaluation import long_run_figures, max_standard_error
+
+    got = long_run_figures({"results": _long_rows()})
+    assert got["long_verdict"] == ("EADP is level at 64 tokens (85.0% against cdpruner's 84.0%, +1.0 points; named "
+                                   "objects reached on 95.0% against 93.0%) and trails at 14 tokens (60.0% against "
+                                   "cdpruner's 70.0%, -10.0 points; named objects reached on 60.0% against 80.0%)")
+    assert got["long_n"] == 2000 and got["long_se"] == pytest.approx(max_standard_error(2000))
+    assert got["long_budget"] == 14 and got["long_ablations"] == "eadp-topk -15.0"
+    # eadp at 14 against every token: colour -25 points, count -35
+    assert got["long_type_worst"] == "count" and got["long_type_worst_change"] == pytest.approx(-0.35)
+    assert got["long_type_best"] == "colour" and got["long_type_best_change"] == pytest.approx(-0.25)
+    # topk at 14 reaches the named objects on 85% but answers 40%: the widest gap
+    assert (got["reach_method"], got["reach_budget"]) == ("topk", 14)
+    assert got["reach_named"] == pytest.approx(0.85) and got["reach_acc"] == pytest.approx(0.4)
+    assert got["reach_eadp_named"] == pytest.approx(0.6) and got["reach_eadp_acc"] == pytest.approx(0.6)
+    assert got["reach_verdict"] == "reaching the named objects is not enough for the answer"
+    empty = long_run_figures(None)
+    assert set(empty) == set(got) and np.isnan(empty["long_se"]) and empty["long_n"] == 0
+
+
+def test_positions_figures_name_the_cells_beyond_the_tolerance_with_their_sign():
+    from eadp_lab.evaluation import positions_figures
+
+    renumbered, original = _long_rows(), _long_rows()
+    got = positions_figures({"results": renumbered}, {"results": original})
+    assert got["positions_beyond"] == 0 and got["positions_cells"] == 8 and got["positions_gap_max"] == 0
+    assert got["positions_verdict"].startswith("so the target of within 2 points everywhere is met")
+    assert got["positions_best"] == "Both runs pick the same best method at every budget: eadp at 64 tokens, " \
+                                    "cdpruner at 14 tokens"
+    original[1]["accuracy"] -= 0.03  # eadp at 64 renumbered 3 points above
+    original[-1]["accuracy"] += 0.025  # cdpruner at 14 renumbered 2.5 points below; exactly 2 does not count
+    original[2]["accuracy"] += 0.02
+    got = positions_figures({"results": renumbered}, {"results": original})
+    assert got["positions_beyond"] == 2 and got["positions_gap_max"] == pytest.approx(0.03)
+    assert got["positions_gap_mean"] == pytest.approx((0.03 - 0.025 - 0.02) / 8)
+    assert got["positions_verdict"] == ("so the target of within 2 points everywhere is missed in those cells, of "
+                                        "both signs: eadp at 64 tokens +3.0 points, cdpruner at 14 tokens -2.5 points")
+    assert got["positions_best"] == "The two runs pick different best methods at 64 tokens (eadp renumbered, " \
+                                    "cdpruner original)"
+    assert positions_figures(None, original)["positions_verdict"] == "not measured"
+
+
 def test_card_pruning_section_states_the_noise_of_its_question_count():
     from eadp_lab.labmodels.cards import pruning_section
 

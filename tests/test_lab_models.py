@@ -430,6 +430,9 @@ def test_a_curriculum_phase_asks_only_its_question_types_in_the_worlds_proportio
             phase_config((3, 7, 0.5, bad))
     with pytest.raises(ValueError, match="all as names"):
         phase_config((3, 7, 0.5, ("colour", ("count", 3))))
+    for twice in (("colour", "colour"), (("count", 1), ("count", 2))):
+        with pytest.raises(ValueError, match="named once"):
+            phase_config((3, 7, 0.5, twice))
 
 
 def test_alignment_frame_sets_clips_side_by_side_with_their_declared_signs():

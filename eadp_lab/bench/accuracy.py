@@ -53,8 +53,8 @@ import torch
 from .._io import write_json
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
                           QuestionFileError, against_best, against_chance, answer_kind, answers_path, blind_baseline, check_answers,
-                          evaluate, file_questions, first_word, lab_questions, load, load_results, markdown_table,
-                          max_standard_error,
+                          evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
+                          markdown_table, max_standard_error, positions_figures,
                           model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
                           results_frame, run_summary, score_hits)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
@@ -62,7 +62,7 @@ from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign,
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
            "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
-           "markdown_table", "blind_baseline", "against_best", "against_chance", "answer_kind", "run_summary", "score_hits",
+           "markdown_table", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
            "max_standard_error"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)

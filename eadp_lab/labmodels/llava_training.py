@@ -56,8 +56,8 @@ class LlavaTraining:
     # learn to bind a question's noun phrase to one of several objects. One type at a time, in order
     # of how little binding it needs, it does. The last phase asks every type, count twice its share
     # of the world's mix (6 of 23 questions instead of 3 of 20): with the world's own mix, count, the
-    # latest type to be learnt, was still climbing when training ended (75.7% held out, every other
-    # type >= 90.8%). A mix of question types; it names no visual token, so it favours no method.
+    # latest type to be learnt, was still climbing when training ended (the card quotes the figures).
+    # A mix of question types; it names no visual token, so it favours no method.
     phases: tuple = ((3, 7, 0.15, ("colour",)), (3, 7, 0.13, ("colour", "shape")),
                      (3, 7, 0.12, ("colour", "shape", "size")), (3, 7, 0.1, ("colour", "shape", "size", "exist")),
                      (3, 7, 0.1, ("colour", "shape", "size", "exist", "count")),
@@ -123,6 +123,8 @@ def phase_config(phase) -> WorldConfig:
         raise ValueError(f"phase {phase!r}: give question types all as names or all as (name, weight) pairs")
     asked = [(q, world.get(q)) if isinstance(q, str) else tuple(q) for q in qtypes[0]]
     unknown = {q for q, _ in asked} - set(world)
+    if len({q for q, _ in asked}) < len(asked):
+        raise ValueError(f"phase {phase!r}: each question type may be named once")
     if unknown or not asked:
         raise ValueError(f"phase {phase!r}: question types must be a non-empty subset of "
                          f"{list(world)}, got unknown {sorted(unknown)}")

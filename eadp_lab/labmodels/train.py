@@ -228,8 +228,6 @@ def llava_recipe(settings, history: dict) -> str:
     def asks(p):
         if not p.get("qtypes"):
             return "the world's mix"
-        if "mix" not in p:  # a folder written before the history kept the proportions
-            return ", ".join(f"`{q}`" for q in p["qtypes"])
         if len(p["mix"]) == 1:
             return f"`{next(iter(p['mix']))}`"
         return ", ".join(f"`{q}` {w}" for q, w in p["mix"].items()) + " (relative weights)"
@@ -238,7 +236,7 @@ def llava_recipe(settings, history: dict) -> str:
 
     world = dict(WorldConfig().question_mix)
     last = history["phases"][-1].get("mix", {})
-    reweighted = {q: (w, world[q]) for q, w in last.items() if set(last) == set(world) and w != world[q]}
+    reweighted = ({q: (w, world[q]) for q, w in last.items() if w != world[q]} if set(last) == set(world) else {})
 
     phases = "; ".join(f"{p['steps']} steps on {p['images']} scenes of {p['objects'][0]} to {p['objects'][1]} objects "
                        f"asking {asks(p)}" for p in history["phases"])
