@@ -56,7 +56,7 @@ def test_bad_arguments(capsys):
     assert "fastv" in capsys.readouterr().err
 
 
-def test_command_end_to_end(tmp_path):
+def test_command_end_to_end(tmp_path, capsys):
     from eadp_lab.bench import main as bench_main
 
     out = tmp_path / "acc.json"
@@ -64,6 +64,10 @@ def test_command_end_to_end(tmp_path):
                        "--methods", "none,eadp,eadp-topk,random", "--batch", "3", "--json", str(out)])
     assert code == 0 and out.exists() and not (tmp_path / "acc.json.tmp").exists()
     report = json.loads(out.read_text())
+    # the run says up front where its scores come from, as the report records it
+    assert report["scoring"] == "clip" and report["sign"] == 1.0 and report["sign_source"] == "the CLIP's config"
+    assert "scoring in the CLIP's space (data/models/lab-clip); similarity sign +1 (the CLIP's config)" \
+        in capsys.readouterr().err
     rows = report["results"]
     assert [(r["method"], r["budget"]) for r in rows] == [("none", 256), ("eadp", 14), ("eadp-topk", 14), ("random", 14)]
     for r in rows:
@@ -243,6 +247,14 @@ def test_question_files_are_checked_before_the_run(tmp_path, capsys):
         A.file_questions(qfile, tmp_path)
     with pytest.raises(MissingImageError, match="nothere.jsonl"):
         A.file_questions(tmp_path / "nothere.jsonl", tmp_path)
+
+
+def test_scoring_notice_says_when_a_model_is_scored_without_a_clip():
+    assert A.scoring_notice("llm", None, None, "the presets") == (
+        "scoring in the language model's own embedding space (no --clip given); similarity sign each method's "
+        "preset (the presets)")
+    assert A.scoring_notice("llm", "c", -1.0, "--sign") == (
+        "scoring in the language model's own embedding space; similarity sign -1 (--sign)")
 
 
 def test_device_and_dtype_reach_the_model_and_the_clip(tmp_path):

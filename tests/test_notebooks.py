@@ -56,6 +56,21 @@ def test_no_algorithm_code_in_notebooks(path):
     assert "eadp_lab" in code
 
 
+def _figure_keys(code: str) -> list[str]:
+    """Names glued from a package function's dict (``for key, value in accuracy.long_run_figures(run).items():
+    glue(key, value)``): the function's keys, which it returns in full when given no run (``None``)."""
+    import inspect
+
+    from eadp_lab import evaluation
+
+    keys = []
+    for name in sorted(set(re.findall(r"\b(\w+_figures)\(", code))):
+        f = getattr(evaluation, name)
+        required = sum(p.default is inspect.Parameter.empty for p in inspect.signature(f).parameters.values())
+        keys += list(f(*[None] * required))
+    return keys
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
     nb = nbformat.read(path, as_version=4)
@@ -63,6 +78,7 @@ def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     glued = [re.escape(k) for k in re.findall(r"""\bglue\(\s*["']([^"'{}]+)["']""", code)]
     glued += [re.sub(r"\\\{[^}]*\\\}", ".+", re.escape(k)) for k in re.findall(r"""\bglue\(\s*f["']([^"']+)["']""", code)]
+    glued += [re.escape(k) for k in _figure_keys(code)]
     used = set(re.findall(r"\{glue(?::text)?\}`([^`:]+)", prose))
     missing = sorted(u for u in used if not any(re.fullmatch(g, u) for g in glued))
     assert not missing, f"{path.name}: the prose quotes values no cell glues: {missing}"

@@ -62,7 +62,7 @@ from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign,
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
            "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
-           "markdown_table", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
+           "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
            "max_standard_error"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
@@ -148,6 +148,15 @@ def _csv_methods(text: str) -> list[str]:
     return names
 
 
+def scoring_notice(scoring: str, clip_name: str | None, sign: float | None, sign_source: str) -> str:
+    """The line a run prints before it starts: where text meets image and at which similarity sign
+    (a model given without ``--clip`` is scored in its language model's space, not the lab CLIP's)."""
+    where = (f"in the CLIP's space ({clip_name})" if scoring == "clip" else
+             "in the language model's own embedding space" + ("" if clip_name else " (no --clip given)"))
+    signed = f"{sign:+g}" if sign is not None else "each method's preset"
+    return f"scoring {where}; similarity sign {signed} ({sign_source})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eadp_lab bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,6 +212,11 @@ def main(argv=None) -> int:
     scoring = args.scoring or ("clip" if clip is not None else "llm")
     if scoring == "clip" and clip is None:
         parser.error("--scoring clip needs --clip (the CLIP checkpoint of the model's vision tower)")
+    declared = clip_similarity_sign(clip) if scoring == "clip" else None
+    sign = args.sign if args.sign is not None else declared
+    sign_source = "--sign" if args.sign is not None else "the CLIP's config" if declared is not None else "the presets"
+    clip_name = None if clip is None else str(args.clip or "data/models/lab-clip")
+    print(scoring_notice(scoring, clip_name, sign, sign_source), file=sys.stderr)
     model_id = str(args.model or "lab-llava")
     try:
         results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
@@ -221,12 +235,9 @@ def main(argv=None) -> int:
     if args.json:
         report = {
             "results": [{k: v for k, v in r.items() if k != "answers"} for r in results],
-            "model": str(args.model or "data/models/lab-llava"), "clip": None if clip is None else str(
-                args.clip or "data/models/lab-clip"),
+            "model": str(args.model or "data/models/lab-llava"), "clip": clip_name,
             "scoring": scoring, "seed": args.seed, "positions": args.positions,
-            "sign": args.sign if args.sign is not None else (clip_similarity_sign(clip) if scoring == "clip" else None),
-            "sign_source": "--sign" if args.sign is not None else "the CLIP's config" if (
-                scoring == "clip" and clip_similarity_sign(clip) is not None) else "the presets",
+            "sign": sign, "sign_source": sign_source,
             "questions": {"source": args.question_file or "lab world heldout split", "count": len(questions)},
             "batch": args.batch, "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
             "device": str(model.device), "dtype": args.dtype, "device_map": args.device_map,
