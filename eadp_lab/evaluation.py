@@ -588,13 +588,22 @@ def positions_gap(renumbered, original):
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
 
 
+def _pruned_frames(results):
+    """``(accuracy, named_reached)`` per method (rows, ``none`` dropped) and budget (columns, those
+    of no pruned method dropped), as :func:`results_frame` gives them; ``named_reached`` aligned to
+    the accuracy frame (NaN where not measured)."""
+    acc = results_frame(results).drop(index="none", errors="ignore").dropna(axis=1, how="all")
+    return acc, results_frame(results, "named_reached").reindex_like(acc)
+
+
 def against_best(results, method: str = "eadp"):
     """``method`` against the best other method of each budget (its own ablations ``method-*``
     and ``none`` aside), as a ``pandas.DataFrame`` with one row per budget (largest first):
     ``accuracy``, ``best`` (the rival's name), ``best_accuracy``, ``difference`` (fractions),
     ``named_reached`` and ``best_named_reached`` (NaN where not measured), and ``verdict``:
     ``"leads"`` / ``"trails"`` beyond one standard error of a difference of two accuracies on the
-    run's questions (``sqrt(2) *`` :func:`max_standard_error`, in ``.attrs["margin"]``), ``"level"`` within it.
+    run's questions (``sqrt(2) *`` :func:`max_standard_error`, in ``.attrs["margin"]``; the question
+    count in ``.attrs["questions"]``), ``"level"`` within it.
 
     Args:
         results: the rows of :func:`eadp_lab.bench.accuracy.run`, or the command's report.
@@ -602,8 +611,7 @@ def against_best(results, method: str = "eadp"):
     import pandas as pd
 
     rows = _result_rows(results)
-    acc = results_frame(rows).drop(index="none", errors="ignore").dropna(axis=1, how="all")
-    reached = results_frame(rows, "named_reached").reindex_like(acc)
+    acc, reached = _pruned_frames(rows)
     rivals = acc.drop(index=[m for m in acc.index if m == method or m.startswith(method + "-")])
     if method not in acc.index or rivals.empty:
         raise ValueError(f"the results need {method!r} and at least one other method, got {list(acc.index)}")
@@ -616,6 +624,7 @@ def against_best(results, method: str = "eadp"):
     out["best_named_reached"] = [reached.loc[best[b], b] for b in out.index]
     out["verdict"] = ["leads" if d > margin else "trails" if d < -margin else "level" for d in out["difference"]]
     out.attrs["margin"] = margin
+    out.attrs["questions"] = n
     return out
 
 
@@ -637,10 +646,8 @@ def long_run_figures(report, method: str = "eadp") -> dict:
                 **dict.fromkeys(("long_verdict", "long_ablations", "long_type_worst", "long_type_best",
                                  "reach_verdict", "reach_method"), "(no long run for this model)")}
     lead = against_best(report, method)
-    acc = results_frame(report).drop(index="none", errors="ignore").dropna(axis=1, how="all")
-    reached = results_frame(report, "named_reached").reindex_like(acc)
-    n = min(int(r.get("questions") or 0) for r in _result_rows(report) if r["method"] == method)
-    paired = lead.attrs["margin"]
+    acc, reached = _pruned_frames(report)
+    n, paired = lead.attrs["questions"], lead.attrs["margin"]
     clauses = [f"{'is level' if r.verdict == 'level' else r.verdict} at {b} tokens ({r.accuracy:.1%} against "
                f"{r.best}'s {r.best_accuracy:.1%}, {100 * r.difference:+.1f} points"
                + ("" if math.isnan(r.named_reached) else
@@ -688,8 +695,7 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
                f"what the comparison of methods measures" if beyond.empty else
                f"so the target of within {points} everywhere is missed in those cells, {sign}: "
                + ", ".join(f"{m} at {b} tokens {100 * v:+.1f} points" for (m, b), v in beyond.items()))
-    winners = [results_frame(run).drop(index="none", errors="ignore").dropna(axis=1, how="all").idxmax()
-               for run in (renumbered, original)]
+    winners = [_pruned_frames(run)[0].idxmax() for run in (renumbered, original)]
     differ = [b for b in winners[0].index if winners[0][b] != winners[1][b]]
     best = ("Both runs pick the same best method at every budget: "
             + ", ".join(f"{winners[0][b]} at {b} tokens" for b in winners[0].index) if not differ else

@@ -381,6 +381,7 @@ def test_against_best_names_the_best_rival_per_budget_and_leaves_the_ablations_o
     assert list(out["best"]) == ["cdpruner", "topk", "cdpruner"]  # eadp-topk is never the rival
     assert out.loc[64, "difference"] == pytest.approx(0.02) and 0.02 > margin
     assert out.attrs["margin"] == pytest.approx(margin)
+    assert out.attrs["questions"] == n
     assert list(out["verdict"]) == ["leads", "level", "trails"]
     assert out.loc[14, "best_named_reached"] == 0.79 and out.loc[28, "best_named_reached"] == 0.6
     with pytest.raises(ValueError, match="other method"):
