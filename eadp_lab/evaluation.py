@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .methods.settings import clip_similarity_sign, method_settings
@@ -32,8 +33,8 @@ from .methods.settings import clip_similarity_sign, method_settings
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
-           "score_answers", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "against_best",
-           "long_run_figures", "positions_figures",
+           "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
+           "against_best", "long_run_figures", "positions_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,9 +326,29 @@ def score_answers(questions: list[Question], texts: dict) -> dict:
     Returns:
         ``{"accuracy": fraction or None, "per_type": {type: {"accuracy", "questions"}}}``.
     """
-    scored = [q for q in questions if q.answer is not None and q.qid in texts]
-    return score_hits([q.qtype for q in scored],
-                      [first_word(texts[q.qid]) == first_word(str(q.answer)) for q in scored])
+    scored = [(q.qtype, hit == "1") for q, hit in zip(questions, answer_hits(questions, texts)) if hit != "-"]
+    return score_hits([t for t, _ in scored], [h for _, h in scored])
+
+
+def answer_hits(questions: list[Question], texts: dict) -> str:
+    """One character per question, in their order: ``"1"`` the first word of its answer matches the
+    reference (:func:`first_word`), ``"0"`` it does not, ``"-"`` not scored (not answered, or no
+    reference). Two runs of the same questions compare question by question with :func:`paired_difference`."""
+    return "".join("-" if q.answer is None or q.qid not in texts else
+                   "1" if first_word(texts[q.qid]) == first_word(str(q.answer)) else "0" for q in questions)
+
+
+def paired_difference(hits_a: str, hits_b: str) -> tuple[float, float, int]:
+    """``(difference, standard_error, n)``: run a's accuracy minus run b's on the ``n`` questions both
+    scored (:func:`answer_hits` strings of the same questions in the same order), and the standard
+    error of that mean of per-question differences (each -1, 0 or 1; sample variance). Paired on the
+    same questions it is far below the √2 × :func:`max_standard_error` of two independent runs."""
+    if len(hits_a) != len(hits_b):
+        raise ValueError(f"the two runs must score the same questions, got {len(hits_a)} and {len(hits_b)} hits")
+    d = np.array([int(a) - int(b) for a, b in zip(hits_a, hits_b) if a != "-" and b != "-"], dtype=np.float64)
+    if d.size < 2:
+        raise ValueError(f"need at least two questions scored in both runs, got {d.size}")
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), int(d.size)
 
 
 def score_hits(qtypes, hits) -> dict:
@@ -406,7 +427,8 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
                 os.fsync(sink.fileno())
             if bar is not None:
                 bar.update(len(chunk))
-    scores = score_answers(questions, {qid: a["text"] for qid, a in answers.items()})
+    texts = {qid: a["text"] for qid, a in answers.items()}
+    scores = score_answers(questions, texts)
     _, settings = method_settings(name, family, 0, seed, sign)
     return {
         "method": name, "budget": int(budget),
@@ -422,6 +444,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
         "settings": asdict(settings) if is_dataclass(settings) else None, "positions": positions,
         "sign": getattr(settings, "similarity_sign", None),
+        "hits": answer_hits(questions, texts),  # per question, for paired comparisons of runs
         "answers": [answers[q.qid] for q in questions],
     }
 
@@ -588,6 +611,33 @@ def positions_gap(renumbered, original):
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
 
 
+def positions_intervals(renumbered, original, z: float = 1.96):
+    """Renumbered minus original positions per pruned method and budget, paired question by question
+    (:func:`paired_difference` of the rows' ``hits``), as a ``pandas.DataFrame`` indexed by
+    ``(method, budget)``: ``gap``, ``se``, ``low``, ``high`` (``gap -/+ z * se``; fractions) and
+    ``n``. Rows without ``hits`` (reports written before runs recorded them) get NaN intervals and
+    the gap of their accuracies."""
+    import pandas as pd
+
+    def rows(report):
+        return {(r["method"], int(r["budget"])): r for r in _result_rows(report) if r["method"] != "none"}
+
+    a, b = rows(renumbered), rows(original)
+    if set(a) != set(b):
+        raise ValueError("the two runs must cover the same methods and budgets")
+    records = []
+    for key in a:
+        ha, hb = a[key].get("hits"), b[key].get("hits")
+        if ha and hb:
+            gap, se, n = paired_difference(ha, hb)
+        else:
+            gap, se, n = a[key]["accuracy"] - b[key]["accuracy"], float("nan"), 0
+        records.append({"method": key[0], "budget": key[1], "gap": gap, "se": se,
+                        "low": gap - z * se, "high": gap + z * se, "n": n})
+    return pd.DataFrame.from_records(records, columns=["method", "budget", "gap", "se", "low", "high", "n"]
+                                     ).set_index(["method", "budget"])
+
+
 def _pruned_frames(results):
     """``(accuracy, named_reached)`` per method (rows, ``none`` dropped) and budget (columns, those
     of no pruned method dropped), as :func:`results_frame` gives them; ``named_reached`` aligned to
@@ -680,11 +730,14 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
     """The figures a chapter quotes of two runs that differ only in ``--positions``
     (:func:`positions_gap`): ``positions_gap_mean``, ``positions_gap_max`` (largest size),
     ``positions_cells``, ``positions_beyond`` (cells differing by more than ``tolerance``),
-    ``positions_verdict`` (a sentence naming those cells) and ``positions_best`` (whether both
-    runs pick the same best method per budget). ``None`` for either run: NaN, 0 and "not measured"."""
+    ``positions_verdict`` (a sentence naming those cells), ``positions_best`` (whether both
+    runs pick the same best method per budget), ``positions_clear`` (cells whose 95% paired interval,
+    :func:`positions_intervals`, lies wholly beyond ``tolerance``) and ``positions_intervals`` (a
+    sentence with the intervals of the cells beyond ``tolerance``). ``None`` for either run: NaN, 0 and "not measured"."""
     if renumbered is None or original is None:
         return {"positions_gap_max": float("nan"), "positions_gap_mean": float("nan"), "positions_beyond": 0,
-                "positions_cells": 0, "positions_verdict": "not measured", "positions_best": ""}
+                "positions_cells": 0, "positions_verdict": "not measured", "positions_best": "",
+                "positions_clear": 0, "positions_intervals": "not measured"}
     gap = positions_gap(renumbered, original)
     cells = gap.stack()
     beyond = cells[cells.abs().round(9) > tolerance]
@@ -701,9 +754,24 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
             + ", ".join(f"{winners[0][b]} at {b} tokens" for b in winners[0].index) if not differ else
             "The two runs pick different best methods at "
             + ", ".join(f"{b} tokens ({winners[0][b]} renumbered, {winners[1][b]} original)" for b in differ))
+    paired = positions_intervals(renumbered, original)
+    measured = paired.dropna(subset=["se"])
+    clear = paired[(paired["low"].round(9) > tolerance) | (paired["high"].round(9) < -tolerance)]
+    if measured.empty:
+        intervals = "the runs record no per-question hits, so no paired intervals"
+    else:
+        shown = paired.loc[[k for k in beyond.index if k in paired.index]]
+        away = int(((measured["low"].round(9) > 0) | (measured["high"].round(9) < 0)).sum())
+        intervals = (f"with 95% intervals of the paired difference ({int(measured['n'].min()):,} questions, "
+                     f"half-width {100 * 1.96 * measured['se'].median():.1f} points in the median cell), "
+                     f"{len(clear)} of the {len(paired)} cells lie wholly beyond {points} and {away} wholly away "
+                     f"from zero"
+                     + ("" if shown.empty else ": " + ", ".join(
+                         f"{m} at {b} tokens {100 * r.gap:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
+                         for (m, b), r in shown.iterrows())))
     return {"positions_gap_max": float(cells.abs().max()), "positions_gap_mean": float(cells.mean()),
             "positions_beyond": len(beyond), "positions_cells": int(cells.size), "positions_verdict": verdict,
-            "positions_best": best}
+            "positions_best": best, "positions_clear": len(clear), "positions_intervals": intervals}
 
 
 def answer_kind(text: str) -> str:

@@ -73,6 +73,8 @@ def test_command_end_to_end(tmp_path, capsys):
     for r in rows:
         assert r["questions"] == 6 and 0.0 <= r["accuracy"] <= 1.0
         assert sum(t["questions"] for t in r["per_type"].values()) == 6
+        # one hit per question, in their order, that the accuracy counts (for paired comparisons of runs)
+        assert len(r["hits"]) == 6 and set(r["hits"]) <= set("01") and r["accuracy"] == round(r["hits"].count("1") / 6, 4)
     assert rows[0]["kept_tokens_mean"] == 256 and rows[1]["kept_tokens_mean"] == 14
     assert rows[1]["settings"]["text_positions"] == "content"
     assert "bench accuracy" in report["command"]
@@ -443,6 +445,64 @@ def test_positions_figures_name_the_cells_beyond_the_tolerance_with_their_sign()
     assert got["positions_best"] == "The two runs pick different best methods at 64 tokens (eadp renumbered, " \
                                     "cdpruner original)"
     assert positions_figures(None, original)["positions_verdict"] == "not measured"
+
+
+def test_answer_hits_mark_each_question_and_score_answers_counts_them():
+    from types import SimpleNamespace
+
+    from eadp_lab.evaluation import answer_hits, score_answers
+
+    qs = [SimpleNamespace(qid=i, qtype=t, answer=a) for i, (t, a) in
+          enumerate([("colour", "red"), ("colour", "blue"), ("exist", "yes"), ("exist", None), ("count", "two")])]
+    texts = {0: "Red.", 1: "green", 2: "yes it is", 3: "no"}  # 4 not answered, 3 has no reference
+    assert answer_hits(qs, texts) == "101--"
+    assert score_answers(qs, texts) == {"accuracy": round(2 / 3, 4), "per_type": {
+        "colour": {"accuracy": 0.5, "questions": 2}, "exist": {"accuracy": 1.0, "questions": 1}}}
+
+
+def test_paired_difference_by_hand():
+    from eadp_lab.evaluation import paired_difference
+
+    gap, se, n = paired_difference("1100-1", "1010-0")  # differences 0, +1, -1, 0, (skip), +1
+    assert n == 5 and gap == pytest.approx(0.2)
+    assert se == pytest.approx(np.std([0, 1, -1, 0, 1], ddof=1) / np.sqrt(5))
+    assert paired_difference("1111", "1111")[:2] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same questions"):
+        paired_difference("11", "111")
+    with pytest.raises(ValueError, match="at least two"):
+        paired_difference("1-", "-1")
+
+
+def test_positions_figures_give_paired_intervals_when_the_runs_record_hits():
+    from eadp_lab.evaluation import positions_figures, positions_intervals
+
+    n = 400
+    renumbered, original = _long_rows(), _long_rows()
+    assert "no paired intervals" in positions_figures({"results": renumbered}, {"results": original})[
+        "positions_intervals"]
+    for a, b in zip(renumbered, original):
+        a["hits"] = b["hits"] = "1" * 200 + "0" * 200
+    # eadp at 64: renumbered right on 16 questions (4 points) the original misses, nothing the other way
+    renumbered[1]["hits"] = "1" * 216 + "0" * 184
+    renumbered[1]["accuracy"] = 216 / n
+    # cdpruner at 14: 30 questions one way and 20 the other (2.5 points net): too noisy to be clear
+    original[-1]["hits"] = "0" * 30 + "1" * 170 + "1" * 20 + "0" * 180
+    original[-1]["accuracy"] = renumbered[-1]["accuracy"] - 0.025
+    for rows in (renumbered, original):
+        for r in rows:
+            r["accuracy"] = r["hits"].count("1") / n if r["method"] != "none" else r["accuracy"]
+    paired = positions_intervals({"results": renumbered}, {"results": original})
+    assert paired.loc[("eadp", 64), "gap"] == pytest.approx(0.04) and paired.loc[("eadp", 64), "n"] == n
+    se = np.std([1] * 16 + [0] * 384, ddof=1) / np.sqrt(n)
+    assert paired.loc[("eadp", 64), "low"] == pytest.approx(0.04 - 1.96 * se)
+    got = positions_figures({"results": renumbered}, {"results": original})
+    assert got["positions_beyond"] == 2 and got["positions_clear"] == 1
+    assert got["positions_intervals"].startswith("with 95% intervals of the paired difference (400 questions, "
+                                                 "half-width 0.0 points in the median cell), 1 of the 8 cells lie "
+                                                 "wholly beyond 2 points and 1 wholly away from zero: eadp at 64 "
+                                                 "tokens +4.0 [")
+    assert got["positions_intervals"].endswith("cdpruner at 14 tokens +2.5 [-1.0, +6.0]")
+    assert set(positions_figures(None, None)) == set(got)
 
 
 def test_card_pruning_section_states_the_noise_of_its_question_count():

@@ -250,7 +250,7 @@ def _noise(report: dict) -> str:
 
 def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
-    from ..evaluation import markdown_table, positions_gap, results_frame
+    from ..evaluation import markdown_table, positions_figures, positions_gap, results_frame
 
     if renumbered is None and original is None:
         return ""
@@ -281,7 +281,9 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
         verdict = "met" if abs(gap.loc[worst]) <= 0.02 else "missed"
         parts += ["", "### Renumbered minus original positions (points)", "", "\n".join(lines), "",
                   f"The largest gap is {100 * gap.loc[worst]:+.1f} points (`{worst[0]}` at {worst[1]} tokens): the "
-                  f"target of at most 2 points for every method and budget is {verdict}."]
+                  f"target of at most 2 points for every method and budget is {verdict}. Compared question by "
+                  f"question, "
+                  f"{positions_figures(renumbered, original)['positions_intervals']}."]
     return "\n".join(parts) + "\n"
 
 
