@@ -650,10 +650,12 @@ def against_best(results, method: str = "eadp"):
     """``method`` against the best other method of each budget (its own ablations ``method-*``
     and ``none`` aside), as a ``pandas.DataFrame`` with one row per budget (largest first):
     ``accuracy``, ``best`` (the rival's name), ``best_accuracy``, ``difference`` (fractions),
-    ``named_reached`` and ``best_named_reached`` (NaN where not measured), and ``verdict``:
-    ``"leads"`` / ``"trails"`` beyond one standard error of a difference of two accuracies on the
-    run's questions (``sqrt(2) *`` :func:`max_standard_error`, in ``.attrs["margin"]``; the question
-    count in ``.attrs["questions"]``), ``"level"`` within it.
+    ``named_reached`` and ``best_named_reached`` (NaN where not measured), ``verdict``:
+    ``"leads"`` / ``"trails"`` beyond one standard error of a difference of two independent
+    accuracies on the run's questions (``sqrt(2) *`` :func:`max_standard_error`, in
+    ``.attrs["margin"]``; the question count in ``.attrs["questions"]``), ``"level"`` within it;
+    and ``paired_low``, ``paired_high``: the 95% interval of the difference compared question by
+    question (:func:`paired_difference` of the rows' ``hits``; NaN for rows without them).
 
     Args:
         results: the rows of :func:`eadp_lab.bench.accuracy.run`, or the command's report.
@@ -673,6 +675,11 @@ def against_best(results, method: str = "eadp"):
     out["named_reached"] = reached.loc[method]
     out["best_named_reached"] = [reached.loc[best[b], b] for b in out.index]
     out["verdict"] = ["leads" if d > margin else "trails" if d < -margin else "level" for d in out["difference"]]
+    hits = {(r["method"], int(r["budget"])): r.get("hits") for r in rows}
+    paired = [paired_difference(hits[method, b], hits[best[b], b]) if hits.get((method, b)) and hits.get((best[b], b))
+              else (float("nan"), float("nan"), 0) for b in out.index]
+    out["paired_low"] = [d - 1.96 * se for d, se, _ in paired]
+    out["paired_high"] = [d + 1.96 * se for d, se, _ in paired]
     out.attrs["margin"] = margin
     out.attrs["questions"] = n
     return out
@@ -682,7 +689,8 @@ def long_run_figures(report, method: str = "eadp") -> dict:
     """The figures a chapter quotes of one long run (a report with ``method`` and other methods):
     ``long_verdict`` (``method`` against the best other method per budget, :func:`against_best`,
     as a sentence), ``long_n`` (questions), ``long_se`` (:func:`max_standard_error`),
-    ``long_paired`` (the verdicts' margin), ``long_budget`` (the smallest budget),
+    ``long_margin`` (the verdicts' margin), ``long_paired_intervals`` (the 95% paired interval of
+    ``method`` minus the best other method per budget, as text), ``long_budget`` (the smallest budget),
     ``long_ablations`` (``method``'s ablations against it there, in points),
     ``long_type_worst``/``long_type_best`` and their ``..._change`` (per question type,
     ``method`` at the smallest budget against every token), and ``reach_*``: the method and
@@ -691,13 +699,13 @@ def long_run_figures(report, method: str = "eadp") -> dict:
     ``reach_verdict``. ``report`` ``None``: the same keys, NaN, 0 or a "no long run" text."""
     if report is None:
         return {**dict.fromkeys(("long_n", "long_budget", "reach_budget"), 0),
-                **dict.fromkeys(("long_se", "long_paired", "long_type_worst_change", "long_type_best_change",
+                **dict.fromkeys(("long_se", "long_margin", "long_type_worst_change", "long_type_best_change",
                                  "reach_named", "reach_acc", "reach_eadp_named", "reach_eadp_acc"), float("nan")),
-                **dict.fromkeys(("long_verdict", "long_ablations", "long_type_worst", "long_type_best",
+                **dict.fromkeys(("long_verdict", "long_paired_intervals", "long_ablations", "long_type_worst", "long_type_best",
                                  "reach_verdict", "reach_method"), "(no long run for this model)")}
     lead = against_best(report, method)
     acc, reached = _pruned_frames(report)
-    n, paired = lead.attrs["questions"], lead.attrs["margin"]
+    n, margin = lead.attrs["questions"], lead.attrs["margin"]
     clauses = [f"{'is level' if r.verdict == 'level' else r.verdict} at {b} tokens ({r.accuracy:.1%} against "
                f"{r.best}'s {r.best_accuracy:.1%}, {100 * r.difference:+.1f} points"
                + ("" if math.isnan(r.named_reached) else
@@ -711,14 +719,17 @@ def long_run_figures(report, method: str = "eadp") -> dict:
     return {
         "long_verdict": method.upper() + " " + ", ".join(clauses[:-1]) + (" and " if len(clauses) > 1 else "")
         + clauses[-1],
-        "long_n": n, "long_se": max_standard_error(n), "long_paired": paired, "long_budget": int(low),
+        "long_n": n, "long_se": max_standard_error(n), "long_margin": margin, "long_budget": int(low),
+        "long_paired_intervals": "the runs record no per-question hits" if lead["paired_low"].isna().all() else
+        ", ".join(f"{b} tokens {100 * r.difference:+.1f} [{100 * r.paired_low:+.1f}, {100 * r.paired_high:+.1f}] "
+                  f"against {r.best}" for b, r in lead.iterrows() if not math.isnan(r.paired_low)),
         "long_ablations": ", ".join(f"{m} {100 * (acc.loc[m, low] - acc.loc[method, low]):+.1f}"
                                     for m in acc.index if m.startswith(method + "-")) or "none run",
         "long_type_worst": " and ".join(change.index[change == change.min()]),
         "long_type_best": " and ".join(change.index[change == change.max()]),
         "long_type_worst_change": float(change.min()), "long_type_best_change": float(change.max()),
         "reach_verdict": "these questions carry no ground truth of the objects they name" if not len(missed) else
-        "reaching the named objects is not enough for the answer" if missed.max() > paired else
+        "reaching the named objects is not enough for the answer" if missed.max() > margin else
         "what a method reaches of the named objects and what the model answers go together here",
         "reach_method": worst_m, "reach_budget": int(worst_b),
         "reach_named": float(reached.loc[worst_m, worst_b]), "reach_acc": float(acc.loc[worst_m, worst_b]),

@@ -365,7 +365,7 @@ def test_max_standard_error_is_the_binomial_one_at_one_half():
 
 
 def test_against_best_names_the_best_rival_per_budget_and_leaves_the_ablations_out():
-    from eadp_lab.evaluation import against_best, max_standard_error
+    from eadp_lab.evaluation import against_best, max_standard_error, paired_difference
 
     n = 2000
     margin = np.sqrt(2) * max_standard_error(n)  # 1.58 points
@@ -386,6 +386,15 @@ def test_against_best_names_the_best_rival_per_budget_and_leaves_the_ablations_o
     assert out.attrs["questions"] == n
     assert list(out["verdict"]) == ["leads", "level", "trails"]
     assert out.loc[14, "best_named_reached"] == 0.79 and out.loc[28, "best_named_reached"] == 0.6
+    assert out["paired_low"].isna().all() and out["paired_high"].isna().all()  # no hits recorded
+    # with hits: the paired 95% interval of eadp minus its rival, question by question
+    for r in rows:
+        r["hits"] = "1" * round(r["accuracy"] * 200) + "0" * (200 - round(r["accuracy"] * 200))
+    out = against_best({"results": rows})
+    d, se, _ = paired_difference(rows[1]["hits"], rows[10]["hits"])  # eadp and cdpruner at 64
+    assert d == pytest.approx(0.02) and se > 0
+    assert out.loc[64, "paired_low"] == pytest.approx(d - 1.96 * se)
+    assert out.loc[64, "paired_high"] == pytest.approx(d + 1.96 * se)
     with pytest.raises(ValueError, match="other method"):
         against_best({"results": [r for r in rows if r["method"].startswith("eadp") or r["method"] == "none"]})
 
@@ -413,6 +422,12 @@ def test_long_run_figures_quote_the_verdict_the_ablations_and_the_widest_reach_g
                                    "cdpruner's 70.0%, -10.0 points; named objects reached on 60.0% against 80.0%)")
     assert got["long_n"] == 2000 and got["long_se"] == pytest.approx(max_standard_error(2000))
     assert got["long_budget"] == 14 and got["long_ablations"] == "eadp-topk -15.0"
+    assert got["long_paired_intervals"] == "the runs record no per-question hits"
+    rows = _long_rows()
+    for r in rows:  # 100 questions; eadp at 64 right on one more than cdpruner, at 14 on ten fewer
+        r["hits"] = "1" * round(100 * r["accuracy"]) + "0" * (100 - round(100 * r["accuracy"]))
+    paired = long_run_figures({"results": rows})["long_paired_intervals"]
+    assert paired.startswith("64 tokens +1.0 [-1.0, +3.0] against cdpruner, 14 tokens -10.0 [")
     # eadp at 14 against every token: colour -25 points, count -35
     assert got["long_type_worst"] == "count" and got["long_type_worst_change"] == pytest.approx(-0.35)
     assert got["long_type_best"] == "colour" and got["long_type_best_change"] == pytest.approx(-0.25)
