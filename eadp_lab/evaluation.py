@@ -25,7 +25,6 @@ import uuid
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .methods.settings import clip_similarity_sign, method_settings
@@ -343,12 +342,19 @@ def paired_difference(hits_a: str, hits_b: str) -> tuple[float, float, int]:
     scored (:func:`answer_hits` strings of the same questions in the same order), and the standard
     error of that mean of per-question differences (each -1, 0 or 1; sample variance). Paired on the
     same questions it is far below the √2 × :func:`max_standard_error` of two independent runs."""
+    import pandas as pd
+
+    from .studies import paired_gap
+
     if len(hits_a) != len(hits_b):
         raise ValueError(f"the two runs must score the same questions, got {len(hits_a)} and {len(hits_b)} hits")
-    d = np.array([int(a) - int(b) for a, b in zip(hits_a, hits_b) if a != "-" and b != "-"], dtype=np.float64)
-    if d.size < 2:
-        raise ValueError(f"need at least two questions scored in both runs, got {d.size}")
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), int(d.size)
+    frame = pd.DataFrame([{"record": i, "run": run, "hit": int(h)} for run, hits in (("a", hits_a), ("b", hits_b))
+                          for i, h in enumerate(hits) if h != "-"], columns=["record", "run", "hit"])
+    both = frame.groupby("record")["run"].nunique().eq(2).sum()
+    if both < 2:
+        raise ValueError(f"need at least two questions scored in both runs, got {both}")
+    gap = paired_gap(frame, "run", "hit", "a", "b")
+    return gap["gap"], gap["se"], gap["n"]
 
 
 def score_hits(qtypes, hits) -> dict:
