@@ -37,6 +37,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
+Z95 = 1.96  # a 95% interval is the estimate -/+ Z95 standard errors (normal approximation)
 LAB_LLAVA = ROOT / "data" / "models" / "lab-llava"
 LAB_CLIP = ROOT / "data" / "models" / "lab-clip"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -325,7 +326,12 @@ def score_answers(questions: list[Question], texts: dict) -> dict:
     Returns:
         ``{"accuracy": fraction or None, "per_type": {type: {"accuracy", "questions"}}}``.
     """
-    scored = [(q.qtype, hit == "1") for q, hit in zip(questions, answer_hits(questions, texts)) if hit != "-"]
+    return _score_hits_of(questions, answer_hits(questions, texts))
+
+
+def _score_hits_of(questions: list[Question], hits: str) -> dict:
+    """:func:`score_hits` of the questions an :func:`answer_hits` string scored."""
+    scored = [(q.qtype, hit == "1") for q, hit in zip(questions, hits) if hit != "-"]
     return score_hits([t for t, _ in scored], [h for _, h in scored])
 
 
@@ -348,11 +354,11 @@ def paired_difference(hits_a: str, hits_b: str) -> tuple[float, float, int]:
 
     if len(hits_a) != len(hits_b):
         raise ValueError(f"the two runs must score the same questions, got {len(hits_a)} and {len(hits_b)} hits")
-    frame = pd.DataFrame([{"record": i, "run": run, "hit": int(h)} for run, hits in (("a", hits_a), ("b", hits_b))
-                          for i, h in enumerate(hits) if h != "-"], columns=["record", "run", "hit"])
-    both = frame.groupby("record")["run"].nunique().eq(2).sum()
-    if both < 2:
-        raise ValueError(f"need at least two questions scored in both runs, got {both}")
+    pairs = [(i, a, b) for i, (a, b) in enumerate(zip(hits_a, hits_b)) if a != "-" and b != "-"]
+    if len(pairs) < 2:
+        raise ValueError(f"need at least two questions scored in both runs, got {len(pairs)}")
+    frame = pd.DataFrame([{"record": i, "run": run, "hit": int(h)} for i, a, b in pairs
+                          for run, h in (("a", a), ("b", b))])
     gap = paired_gap(frame, "run", "hit", "a", "b")
     return gap["gap"], gap["se"], gap["n"]
 
@@ -433,8 +439,8 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
                 os.fsync(sink.fileno())
             if bar is not None:
                 bar.update(len(chunk))
-    texts = {qid: a["text"] for qid, a in answers.items()}
-    scores = score_answers(questions, texts)
+    hits = answer_hits(questions, {qid: a["text"] for qid, a in answers.items()})
+    scores = _score_hits_of(questions, hits)
     _, settings = method_settings(name, family, 0, seed, sign)
     return {
         "method": name, "budget": int(budget),
@@ -450,7 +456,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
         "settings": asdict(settings) if is_dataclass(settings) else None, "positions": positions,
         "sign": getattr(settings, "similarity_sign", None),
-        "hits": answer_hits(questions, texts),  # per question, for paired comparisons of runs
+        "hits": hits,  # per question, for paired comparisons of runs
         "answers": [answers[q.qid] for q in questions],
     }
 
@@ -617,7 +623,7 @@ def positions_gap(renumbered, original):
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
 
 
-def positions_intervals(renumbered, original, z: float = 1.96):
+def positions_intervals(renumbered, original, z: float = Z95):
     """Renumbered minus original positions per pruned method and budget, paired question by question
     (:func:`paired_difference` of the rows' ``hits``), as a ``pandas.DataFrame`` indexed by
     ``(method, budget)``: ``gap``, ``se``, ``low``, ``high`` (``gap -/+ z * se``; fractions) and
@@ -684,8 +690,8 @@ def against_best(results, method: str = "eadp"):
     hits = {(r["method"], int(r["budget"])): r.get("hits") for r in rows}
     paired = [paired_difference(hits[method, b], hits[best[b], b]) if hits.get((method, b)) and hits.get((best[b], b))
               else (float("nan"), float("nan"), 0) for b in out.index]
-    out["paired_low"] = [d - 1.96 * se for d, se, _ in paired]
-    out["paired_high"] = [d + 1.96 * se for d, se, _ in paired]
+    out["paired_low"] = [d - Z95 * se for d, se, _ in paired]
+    out["paired_high"] = [d + Z95 * se for d, se, _ in paired]
     out.attrs["margin"] = margin
     out.attrs["questions"] = n
     return out
@@ -780,7 +786,7 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
         shown = paired.loc[[k for k in beyond.index if k in paired.index]]
         away = int(((measured["low"].round(9) > 0) | (measured["high"].round(9) < 0)).sum())
         intervals = (f"with 95% intervals of the paired difference ({int(measured['n'].min()):,} questions, "
-                     f"half-width {100 * 1.96 * measured['se'].median():.1f} points in the median cell), "
+                     f"half-width {100 * Z95 * measured['se'].median():.1f} points in the median cell), "
                      f"{len(clear)} of the {len(paired)} cells lie wholly beyond {points} and {away} wholly away "
                      f"from zero"
                      + ("" if shown.empty else ": " + ", ".join(
