@@ -95,6 +95,7 @@ __all__ += [
     "coverage_curves",
     "importance_share",
     "kept_clusters",
+    "kept_spacing",
     "stack_rows",
     "row_object_masks",
     "row_object_recall",
@@ -318,6 +319,37 @@ def kept_clusters(keep_mask: torch.Tensor, grid: tuple[int, int]) -> int:
                         seen[ny][nx] = True
                         stack.append((ny, nx))
     return groups
+
+
+def kept_spacing(kept: torch.Tensor, rows: list[torch.Tensor], grids: list[tuple[int, int]]) -> dict:
+    """How spread out one image's kept tokens lie, on its grid and along the sequence.
+
+    Args:
+        kept: ``(K,)`` indices into the item's flat tokens (the order the language model reads them).
+        rows, grids: the item's rows of tokens, ``(N_r,)`` indices into its flat tokens in raster
+            order, and each row's ``(H_r, W_r)`` (an :class:`~eadp_lab.models.layouts.ItemLayout`'s).
+    Returns:
+        ``{"nearest": float, "gap_cv": float}``. ``nearest``: the mean, over the kept tokens that
+        lie on a row, of the distance in patches to the nearest other kept token of the same row
+        (1 for a solid block, larger when spread out; NaN when no row keeps two). ``gap_cv``: the
+        coefficient of variation (standard deviation over mean) of the ``K - 1`` gaps between
+        consecutive kept indices in sequence order (0 when evenly spaced along the sequence,
+        large when clustered; NaN below two kept tokens).
+    """
+    kept = kept.detach().to("cpu", torch.long).sort().values
+    gaps = kept.diff().double()
+    gap_cv = float(gaps.std(correction=0) / gaps.mean()) if len(gaps) else float("nan")
+    distances = []
+    for row, (H, W) in zip(rows, grids):
+        where = torch.nonzero(torch.isin(row.to("cpu"), kept)).flatten()  # raster positions of kept tokens
+        if len(where) < 2:
+            continue
+        xy = torch.stack([where // W, where % W], 1).double()
+        d = torch.cdist(xy, xy)
+        d.fill_diagonal_(float("inf"))
+        distances.append(d.min(1).values)
+    nearest = float(torch.cat(distances).mean()) if distances else float("nan")
+    return {"nearest": nearest, "gap_cv": gap_cv}
 
 
 def stack_rows(parts: list, rows_per_image: tuple[int, ...] | None = None):

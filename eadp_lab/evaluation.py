@@ -6,7 +6,8 @@
   (:class:`QuestionFileError` names the file, the line and the missing image);
 - :func:`evaluate`: one method at one budget through :func:`eadp_lab.attach` and
   ``model.generate``: accuracy (exact match of the first word), per question type, and what was
-  kept of the named objects (:func:`named_kept`); with ``answers_file`` each batch's answers
+  kept of the named objects (:func:`named_kept`) and how spread out the kept tokens lie
+  (:func:`eadp_lab.analysis.kept_spacing`); with ``answers_file`` each batch's answers
   are appended (flushed) in LLaVA's answer format (:func:`answer_record`), and a rerun
   resumes after the questions the file already answers (:func:`read_answers`).
 
@@ -27,13 +28,15 @@ from pathlib import Path
 
 import torch
 
+from .analysis import kept_spacing
 from .methods.settings import clip_similarity_sign, method_settings
 
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
-           "against_best", "long_run_figures", "positions_figures",
+           "against_best", "long_run_figures", "positions_figures", "spacing_frame", "spacing_correlations",
+           "spacing_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,6 +379,12 @@ def score_hits(qtypes, hits) -> dict:
                          for t, v in sorted(per_type.items())}}
 
 
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the rows where it is a number (NaN skipped), rounded; ``None`` if none."""
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    return round(sum(values) / len(values), 4) if values else None
+
+
 @torch.no_grad()
 def evaluate(model, processor, questions: list[Question], name: str, budget: int, *, clip=None, clip_tokenizer=None,
              scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
@@ -407,7 +416,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
     done, sink = ({}, None) if answers_file is None else _open_answers(answers_file, model_id)
     answers = {qid: a for qid, a in done.items() if qid in asked}
     todo = [q for q in questions if q.qid not in answers]
-    kept, named, seconds = [], [], 0.0
+    kept, named, spacing, seconds = [], [], [], 0.0
     start = time.perf_counter()
     suppress = [t for t in (getattr(model.config, "image_token_id", None),) if t is not None]
     if bar is not None and len(answers):
@@ -425,6 +434,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
                 record = pruner.last
             seconds += record.seconds
             kept += [it.tokens_after for it in record.items]
+            spacing += [kept_spacing(it.kept, it.layout.rows, it.layout.grids) for it in record.items]
             texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             items = {it.sample: it for it in record.items}
             for j, (q, text) in enumerate(zip(chunk, texts)):
@@ -453,6 +463,8 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "named_reached": round(sum(n["all_reached"] for n in named) / len(named), 4) if named else None,
         "named_recall": round(sum(n["recall"] for n in named) / len(named), 4) if named else None,
         "named_questions": len(named),
+        # How spread out the kept tokens lie (analysis.kept_spacing), mean over the images asked.
+        "kept_nearest": _mean_of(spacing, "nearest"), "kept_gap_cv": _mean_of(spacing, "gap_cv"),
         "pruning_seconds": round(seconds, 3), "seconds": round(time.perf_counter() - start, 2),
         "settings": asdict(settings) if is_dataclass(settings) else None, "positions": positions,
         "sign": getattr(settings, "similarity_sign", None),
@@ -795,6 +807,90 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
     return {"positions_gap_max": float(cells.abs().max()), "positions_gap_mean": float(cells.mean()),
             "positions_beyond": len(beyond), "positions_cells": int(cells.size), "positions_verdict": verdict,
             "positions_best": best, "positions_clear": len(clear), "positions_intervals": intervals}
+
+
+SPACING = {"nearest": "kept_nearest", "gap_cv": "kept_gap_cv"}  # kept_spacing's figures, as the rows name them
+
+
+def spacing_frame(spacing, renumbered, original):
+    """How spread out each method's kept tokens lie beside what renumbering them changes, per
+    method and budget: a ``pandas.DataFrame`` indexed by ``(method, budget)`` with
+    :func:`positions_intervals`' ``gap``, ``se``, ``low``, ``high``, ``n`` and the kept tokens'
+    ``nearest`` and ``gap_cv`` (:func:`eadp_lab.analysis.kept_spacing`, means over questions).
+
+    Args:
+        spacing: rows (or a report) that carry ``kept_nearest`` and ``kept_gap_cv`` for every
+            method and budget of the two runs: the renumbered run itself when it recorded them, or
+            a run of the same methods and budgets on some of its questions (the kept tokens do not
+            depend on ``--positions``: both runs select before any position changes).
+        renumbered, original: the two runs that differ only in ``--positions``.
+    """
+    rows = {(r["method"], int(r["budget"])): r for r in _result_rows(spacing)}
+    frame = positions_intervals(renumbered, original)
+    missing = [f"{m} at {b}" for m, b in frame.index if rows.get((m, b), {}).get(SPACING["nearest"]) is None]
+    if missing:
+        raise ValueError("no kept-token spacing (kept_nearest) for " + ", ".join(missing)
+                         + ": run those methods and budgets with this version of the bench")
+    for column, key in SPACING.items():
+        frame[column] = [float(rows[k][key]) for k in frame.index]
+    return frame
+
+
+def spacing_correlations(frame, permutations: int = 20_000):
+    """Rank correlation of the renumbering gap with each spacing figure of :func:`spacing_frame`,
+    per budget and over every cell (``"all"``): a ``pandas.DataFrame`` indexed by budget with
+    ``n`` and, per figure, ``<figure>_rho`` and ``<figure>_p``
+    (:func:`eadp_lab.studies.rank_correlation`, permutation p-values)."""
+    import pandas as pd
+
+    from .studies import rank_correlation
+
+    groups = [(b, g) for b, g in frame.groupby(level="budget", sort=False)] + [("all", frame)]
+    records = []
+    for budget, g in groups:
+        record = {"budget": budget, "n": len(g)}
+        for column in SPACING:
+            c = rank_correlation(g[column], g["gap"], permutations)
+            record.update({f"{column}_rho": c["rho"], f"{column}_p": c["p"]})
+        records.append(record)
+    return pd.DataFrame.from_records(records).set_index("budget")
+
+
+def spacing_figures(frame, correlations, examples: int = 3) -> dict:
+    """The figures a chapter quotes of :func:`spacing_frame` and :func:`spacing_correlations`:
+    ``spacing_rho``, ``spacing_p``, ``spacing_cells`` (the gap against ``nearest`` over every
+    cell), ``spacing_budget`` (the budget of the largest gap in size) with its
+    ``spacing_budget_rho``, ``spacing_budget_p``, ``spacing_budget_cv_rho`` (against ``gap_cv``)
+    ``spacing_contrast``: a sentence giving, at that budget, the gaps of the ``examples`` most
+    clustered and the ``examples`` most spread-out selections (by ``nearest``), and
+    ``spacing_verdict``: what that budget's correlation says (permutation p below 0.05 or not). ``None``
+    for the frame: NaN, 0 and "not measured"."""
+    if frame is None or correlations is None:
+        nan = float("nan")
+        return {"spacing_rho": nan, "spacing_p": nan, "spacing_cells": 0, "spacing_budget": 0,
+                "spacing_budget_rho": nan, "spacing_budget_p": nan, "spacing_budget_cv_rho": nan,
+                "spacing_contrast": "not measured", "spacing_verdict": "not measured"}
+    budget = int(frame["gap"].abs().groupby(level="budget").max().idxmax())
+    at = frame.xs(budget, level="budget").sort_values("nearest")
+
+    def describe(part):
+        return (", ".join(f"{m} {100 * r.gap:+.1f}" for m, r in part.iterrows())
+                + f"; nearest kept neighbour {part['nearest'].min():.2f} to {part['nearest'].max():.2f} patches")
+
+    k = min(examples, len(at) // 2)
+    contrast = (f"At {budget} tokens the {k} most clustered selections change by (points) "
+                f"{describe(at.head(k))}, the {k} most spread out by {describe(at.tail(k).iloc[::-1])}")
+    rho, p = correlations.loc[budget, "nearest_rho"], correlations.loc[budget, "nearest_p"]
+    verdict = (f"at {budget} tokens the relation is not distinguishable from chance (p {p:.2f})" if not p < 0.05 else
+               f"the more spread out a selection, the {'better' if rho > 0 else 'worse'} it does renumbered "
+               f"against its original positions")
+    return {"spacing_rho": float(correlations.loc["all", "nearest_rho"]),
+            "spacing_p": float(correlations.loc["all", "nearest_p"]),
+            "spacing_cells": int(correlations.loc["all", "n"]), "spacing_budget": budget,
+            "spacing_budget_rho": float(correlations.loc[budget, "nearest_rho"]),
+            "spacing_budget_p": float(correlations.loc[budget, "nearest_p"]),
+            "spacing_budget_cv_rho": float(correlations.loc[budget, "gap_cv_rho"]),
+            "spacing_contrast": contrast, "spacing_verdict": verdict}
 
 
 def answer_kind(text: str) -> str:

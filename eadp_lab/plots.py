@@ -23,6 +23,7 @@ __all__ = [
     "token_maps",
     "curves",
     "accuracy_vs_budget",
+    "spacing_panels",
 ]
 
 METHOD_ORDER = ["none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
@@ -221,5 +222,37 @@ def accuracy_panels(results: list[dict], full_tokens: int | None = None, title: 
         axes[0, 1].get_legend().remove()
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def spacing_panels(frame, correlations=None, tolerance: float = 0.02):
+    """Renumbered minus original accuracy (points, with its 95% paired interval) against how
+    spread out the kept tokens lie (mean distance to the nearest kept neighbour, patches), one
+    panel per budget, one point per method (its colour and marker in the legend); the band is
+    ``-/+ tolerance``. ``frame``:
+    :func:`eadp_lab.evaluation.spacing_frame`; ``correlations`` (optional,
+    :func:`eadp_lab.evaluation.spacing_correlations`) puts each budget's rank correlation in its
+    title. Returns the figure."""
+    plt = _plt()
+    budgets = list(dict.fromkeys(frame.index.get_level_values("budget")))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.4 * len(budgets), 3.9), sharey=True, squeeze=False)
+    methods = list(dict.fromkeys(frame.index.get_level_values("method")))
+    colours, markers = method_colours(methods), {m: "osD^v<>ph*"[k % 10] for k, m in enumerate(methods)}
+    for ax, budget in zip(axes[0], budgets):
+        at = frame.xs(budget, level="budget")
+        ax.axhspan(-100 * tolerance, 100 * tolerance, color="0.9", zorder=0)
+        ax.axhline(0, color="0.5", lw=0.8)
+        for method, r in at.iterrows():
+            ax.errorbar(r.nearest, 100 * r.gap, yerr=[[100 * (r.gap - r.low)], [100 * (r.high - r.gap)]],
+                        fmt=markers[method], ms=6, capsize=2, color=colours[method], label=method)
+        title = f"{budget} tokens"
+        if correlations is not None and budget in correlations.index:
+            c = correlations.loc[budget]
+            title += f": rank correlation {c.nearest_rho:+.2f} (p {c.nearest_p:.3f})"
+        ax.set_title(title, fontsize="small")
+        ax.set_xlabel("nearest kept neighbour (patches)")
+    axes[0, 0].set_ylabel("renumbered minus original (points)")
+    axes[0, -1].legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig

@@ -32,7 +32,7 @@ import torch
 
 from . import guidance as gd
 
-__all__ = ["paired_gap", "FailureStudy", "failure_study", "GUIDANCE_LABELS", "EntropyStudy", "entropy_study", "video_study", "crop_study"]
+__all__ = ["paired_gap", "rank_correlation", "FailureStudy", "failure_study", "GUIDANCE_LABELS", "EntropyStudy", "entropy_study", "video_study", "crop_study"]
 
 # The three score maps of chapter 01's (a), in plotting order.
 GUIDANCE_LABELS = ("global (pooled text)", "dense, every word", "dense, entropy-filtered")
@@ -59,6 +59,32 @@ def paired_gap(frame: pd.DataFrame, column: str, value: str, a: str, b: str, ind
     return {"a": float(wide[a].mean()) if n else math.nan, "b": float(wide[b].mean()) if n else math.nan,
             "gap": gap, "se": se, "n": n, "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum()),
             "verdict": ("higher" if gap > 0 else "lower") if clear else "no clear difference"}
+
+
+def rank_correlation(x, y, permutations: int = 20_000, seed: int = 0) -> dict:
+    """Spearman's rank correlation of paired values and its two-sided permutation p-value.
+
+    ``x``, ``y``: sequences of equal length ``n`` (ties get their average rank). The p-value is
+    the share of ``permutations`` random re-pairings (of ``y``'s ranks, seeded) whose correlation
+    is at least as large in size, counting the observed pairing once: ``(hits + 1) /
+    (permutations + 1)``, never 0. Returns ``{"rho", "p", "n"}`` (NaN below three pairs or when
+    either side is constant).
+    """
+    import numpy as np
+
+    rx, ry = pd.Series(x, dtype=float).rank().to_numpy(), pd.Series(y, dtype=float).rank().to_numpy()
+    if len(rx) != len(ry):
+        raise ValueError(f"x and y must pair up, got {len(rx)} and {len(ry)} values")
+    n = len(rx)
+    if n < 3 or rx.std() == 0 or ry.std() == 0:
+        return {"rho": math.nan, "p": math.nan, "n": n}
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    scale = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
+    rho = float(rx @ ry) / scale
+    rng = np.random.default_rng(seed)
+    null = np.stack([rng.permutation(ry) for _ in range(permutations)]) @ rx / scale
+    hits = int((np.abs(null) >= abs(rho) - 1e-12).sum())
+    return {"rho": rho, "p": (hits + 1) / (permutations + 1), "n": n}
 
 
 def _progress(items, desc: str, progress: bool):

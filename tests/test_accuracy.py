@@ -76,6 +76,9 @@ def test_command_end_to_end(tmp_path, capsys):
         # one hit per question, in their order, that the accuracy counts (for paired comparisons of runs)
         assert len(r["hits"]) == 6 and set(r["hits"]) <= set("01") and r["accuracy"] == round(r["hits"].count("1") / 6, 4)
     assert rows[0]["kept_tokens_mean"] == 256 and rows[1]["kept_tokens_mean"] == 14
+    # how spread out the kept tokens lie: every token kept is a solid, evenly spaced block
+    assert rows[0]["kept_nearest"] == 1.0 and rows[0]["kept_gap_cv"] == 0.0
+    assert all(r["kept_nearest"] >= 1.0 and r["kept_gap_cv"] >= 0.0 for r in rows[1:])
     assert rows[1]["settings"]["text_positions"] == "content"
     assert "bench accuracy" in report["command"]
     assert report["positions"] == "renumber" and all(r["positions"] == "renumber" for r in rows)
@@ -518,6 +521,62 @@ def test_positions_figures_give_paired_intervals_when_the_runs_record_hits():
                                                  "tokens +4.0 [")
     assert got["positions_intervals"].endswith("cdpruner at 14 tokens +2.5 [-1.0, +6.0]")
     assert set(positions_figures(None, None)) == set(got)
+
+
+def test_spacing_frame_correlations_and_figures():
+    from eadp_lab.evaluation import spacing_correlations, spacing_figures, spacing_frame
+
+    renumbered, original = _long_rows(), _long_rows()
+    for a, b in zip(renumbered, original):
+        a["hits"] = b["hits"] = "1" * 100 + "0" * 100
+    # at 14 tokens the gap rises with the spacing: topk -3, eadp-topk -1, cdpruner +1, eadp +3 (points of 200)
+    spacing = {("topk", 14): (1.1, -6), ("eadp-topk", 14): (1.3, -2), ("cdpruner", 14): (1.9, 2), ("eadp", 14): (2.2, 6),
+               ("topk", 64): (1.0, 2), ("eadp-topk", 64): (1.2, 0), ("cdpruner", 64): (1.4, 0), ("eadp", 64): (1.5, 2)}
+    for r in renumbered:
+        nearest, moved = spacing.get((r["method"], r["budget"]), (1.0, 0))
+        r["kept_nearest"], r["kept_gap_cv"] = nearest, 3.0 - nearest
+        r["hits"] = ("1" * (100 + moved) + "0" * (100 - moved)) if moved >= 0 else ("0" * -moved + "1" * (100 + moved)
+                                                                                      + "0" * 100)
+    frame = spacing_frame(renumbered, {"results": renumbered}, {"results": original})
+    assert frame.loc[("eadp", 14), "gap"] == pytest.approx(0.03) and frame.loc[("eadp", 14), "nearest"] == 2.2
+    assert frame.loc[("topk", 14), "gap_cv"] == pytest.approx(1.9)
+    correlations = spacing_correlations(frame, permutations=2000)
+    assert list(correlations.index) == [64, 14, "all"] and correlations.loc["all", "n"] == 8
+    assert correlations.loc[14, "nearest_rho"] == pytest.approx(1.0) and correlations.loc[14, "gap_cv_rho"] == pytest.approx(-1.0)
+    assert correlations.loc[64, "nearest_rho"] == pytest.approx(0.0)  # gaps +1 0 0 +1 against 1.0 1.2 1.4 1.5
+    got = spacing_figures(frame, correlations, examples=2)
+    assert got["spacing_budget"] == 14 and got["spacing_cells"] == 8 and got["spacing_budget_rho"] == pytest.approx(1.0)
+    assert got["spacing_contrast"] == ("At 14 tokens the 2 most clustered selections change by (points) topk -3.0, "
+                                       "eadp-topk -1.0; nearest kept neighbour 1.10 to 1.30 patches, the 2 most spread "
+                                       "out by eadp +3.0, cdpruner +1.0; nearest kept neighbour 1.90 to 2.20 patches")
+    # four methods cannot show a correlation beyond chance (2 of 24 pairings reach |rho| = 1): said so
+    assert got["spacing_verdict"].startswith("at 14 tokens the relation is not distinguishable from chance (p 0.")
+    clearer = correlations.copy()
+    clearer.loc[14, "nearest_p"], clearer.loc[14, "nearest_rho"] = 0.01, -0.9
+    assert spacing_figures(frame, clearer)["spacing_verdict"] == ("the more spread out a selection, the worse it "
+                                                                  "does renumbered against its original positions")
+    assert set(spacing_figures(None, None)) == set(got) and spacing_figures(None, None)["spacing_contrast"] == "not measured"
+    del renumbered[3]["kept_nearest"]  # eadp-topk at 64
+    with pytest.raises(ValueError, match="eadp-topk at 64"):
+        spacing_frame(renumbered, {"results": renumbered}, {"results": original})
+
+
+def test_spacing_rows_reuse_a_run_that_recorded_them_and_select_again_otherwise(lab):
+    rows = A.run(A.lab_questions(4, seed=5), ["eadp", "topk"], [14], lab.model, lab.processor, lab.clip,
+                 lab.clip_tokenizer, batch=2, seed=5, progress=False)
+    report = {"results": rows, "seed": 5, "sign": 1.0, "questions": {"source": A.LAB_SOURCE, "count": 4}}
+    same, where = A.spacing_rows(report, 2, lab.model, lab.processor, lab.clip, lab.clip_tokenizer)
+    assert same is rows and where == "the run's own 4 questions"
+    old = {**report, "results": [{k: v for k, v in r.items() if not k.startswith("kept_")} for r in rows]}
+    again, where = A.spacing_rows(old, 2, lab.model, lab.processor, lab.clip, lab.clip_tokenizer, batch=2)
+    assert where.startswith("the first 2 of the run's questions (seed 5)")
+    assert [(r["method"], r["budget"], r["questions"]) for r in again] == [("eadp", 14, 2), ("topk", 14, 2)]
+    # the selection does not depend on how many questions are asked: the first two images' spacing again
+    firsts = A.run(A.lab_questions(2, seed=5), ["eadp", "topk"], [14], lab.model, lab.processor, lab.clip,
+                   lab.clip_tokenizer, batch=2, seed=5, progress=False)
+    assert [r["kept_nearest"] for r in again] == [r["kept_nearest"] for r in firsts]
+    from_file = {**old, "questions": {"source": "questions.jsonl", "count": 4}}
+    assert A.spacing_rows(from_file, 2, lab.model, lab.processor)[0] is None
 
 
 def test_card_pruning_section_states_the_noise_of_its_question_count():

@@ -9,7 +9,8 @@ import torch
 from eadp_lab import PruneInputs, preset, prune
 from eadp_lab.analysis import (
     allocation_study, approximation_ratios, asked_objects, brute_force_optima, brute_force_optimum,
-    coverage_curves, coverage_fraction, greedy_guarantee, importance_share, kept_clusters, moving_objects,
+    coverage_curves, coverage_fraction, greedy_guarantee, importance_share, kept_clusters, kept_spacing,
+    moving_objects,
     online_bound, prefix_objective, random_facility_instances, row_object_masks, row_object_recall,
     row_objects_reached, stack_rows,
 )
@@ -109,6 +110,21 @@ def test_importance_share_and_clusters():
     assert kept_clusters(mask, (4, 4)) == 3
     assert kept_clusters(torch.zeros(16, dtype=torch.bool), (4, 4)) == 0
     assert kept_clusters(torch.ones(16, dtype=torch.bool), (4, 4)) == 1
+
+
+def test_kept_spacing_by_hand():
+    grid = [torch.arange(16)], [(4, 4)]
+    block = kept_spacing(torch.tensor([5, 0, 4, 1]), *grid)  # a 2x2 block, given out of order
+    gaps = np.array([1.0, 3.0, 1.0])  # 0 1 | 4 5 in sequence order
+    assert block["nearest"] == pytest.approx(1.0) and block["gap_cv"] == pytest.approx(gaps.std() / gaps.mean())
+    diagonal = kept_spacing(torch.tensor([0, 5, 10, 15]), *grid)  # evenly spaced along the sequence
+    assert diagonal["nearest"] == pytest.approx(math.sqrt(2)) and diagonal["gap_cv"] == 0.0
+    lone = kept_spacing(torch.tensor([3]), *grid)
+    assert math.isnan(lone["nearest"]) and math.isnan(lone["gap_cv"])
+    # two 2x2 rows (a base image and a crop) and a newline token (8) on no row: distances stay within a row
+    two = kept_spacing(torch.tensor([0, 3, 4, 5, 8]), [torch.arange(4), torch.arange(4, 8)], [(2, 2), (2, 2)])
+    assert two["nearest"] == pytest.approx((2 * math.sqrt(2) + 2) / 4)
+    assert two["gap_cv"] == pytest.approx(0.5)  # gaps 3 1 1 3: mean 2, standard deviation 1
 
 
 def test_stack_rows_matches_a_multirow_input():

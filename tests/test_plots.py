@@ -44,3 +44,19 @@ def test_figures_draw():
     ax = plots.accuracy_vs_budget(rows, value="named_reached")
     assert len(ax.lines) == 1 and list(ax.lines[0].get_ydata()) == [0.5, 0.75]
     assert ax.get_ylabel() == plots.VALUE_LABELS["named_reached"]
+
+
+def test_spacing_panels_draw_one_panel_per_budget_with_its_correlation():
+    import pandas as pd
+
+    frame = pd.DataFrame({"method": ["eadp", "topk", "eadp", "topk"], "budget": [64, 64, 14, 14],
+                          "gap": [0.01, -0.02, 0.03, -0.01], "low": [0.0, -0.03, 0.01, -0.02],
+                          "high": [0.02, -0.01, 0.05, 0.0], "nearest": [1.5, 1.1, 2.5, 1.2]}).set_index(["method", "budget"])
+    correlations = pd.DataFrame({"nearest_rho": [1.0, 1.0], "nearest_p": [0.3, 0.3]}, index=pd.Index([64, 14], name="budget"))
+    fig = plots.spacing_panels(frame, correlations)
+    assert [ax.get_title() for ax in fig.axes] == ["64 tokens: rank correlation +1.00 (p 0.300)",
+                                                   "14 tokens: rank correlation +1.00 (p 0.300)"]
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["eadp", "topk"]
+    # each point at its spacing and gap in points, with its interval
+    points = [line.get_xydata().tolist() for line in fig.axes[1].lines]
+    assert [[2.5, 3.0]] in points and [[1.2, -1.0]] in points

@@ -92,6 +92,21 @@ def test_video_and_crop_studies_keep_the_budget_of_every_rule(lab):
     assert set(crops.image) <= {rec.index for rec in images}
 
 
+def test_rank_correlation_by_hand():
+    x = np.arange(10.0)
+    up, down = studies.rank_correlation(x, x ** 3), studies.rank_correlation(x, -x)
+    assert up["rho"] == pytest.approx(1.0) and down["rho"] == pytest.approx(-1.0) and up["n"] == 10
+    assert up["p"] == pytest.approx(1 / 20_001)  # no re-pairing of 10 values in 20,000 matches it
+    ties = studies.rank_correlation([1, 2, 3, 4], [5, 5, 7, 7])  # average ranks 1.5 1.5 3.5 3.5
+    assert ties["rho"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1.5, 1.5, 3.5, 3.5])[0, 1])
+    # three values: 2 of their 6 pairings reach |rho| = 1, so the permutation p-value is about 1/3
+    assert studies.rank_correlation([1, 2, 3], [1, 2, 3])["p"] == pytest.approx(1 / 3, abs=0.02)
+    assert math.isnan(studies.rank_correlation([1, 2, 3], [4, 4, 4])["rho"])
+    assert math.isnan(studies.rank_correlation([1, 2], [1, 2])["p"])
+    with pytest.raises(ValueError, match="pair up"):
+        studies.rank_correlation([1, 2, 3], [1, 2])
+
+
 def test_paired_gap_by_hand():
     import pandas as pd
 

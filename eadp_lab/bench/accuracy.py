@@ -15,7 +15,8 @@ match of the first generated word. Every method and budget sees the same questio
 questions it also measures what each method *keeps* against the scene's ground truth,
 whatever the model answers: ``named_reached``, the share of questions whose named objects
 each keep at least one visual token, and ``named_recall``, the mean share of their tokens
-kept. A
+kept. Every run also records how spread out the kept tokens lie (``kept_nearest``,
+``kept_gap_cv``: :func:`eadp_lab.analysis.kept_spacing`, means over the images). A
 question file in the LLaVA evaluation format (jsonl: ``question_id``, ``image`` relative to
 ``--image-folder``, ``text``, optional ``answer`` and ``category``) runs a real benchmark
 with a real model (``--model``, ``--clip``, on ``--device`` in ``--dtype``, or spread by
@@ -54,7 +55,8 @@ from .._io import write_json
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
                           QuestionFileError, against_best, against_chance, answer_kind, answers_path, blind_baseline, check_answers,
                           evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
-                          markdown_table, max_standard_error, positions_figures,
+                          markdown_table, max_standard_error, positions_figures, spacing_correlations,
+                          spacing_figures, spacing_frame,
                           model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
                           results_frame, run_summary, score_hits)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
@@ -63,7 +65,7 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "Questi
            "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
            "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
-           "max_standard_error"]
+           "max_standard_error", "spacing_rows", "spacing_frame", "spacing_correlations", "spacing_figures"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
 # Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).
@@ -111,6 +113,35 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
                                     sign=sign, positions=positions, bar=bar, model_id=model_id,
                                     answers_file=paths[name, budget]))
     return results
+
+
+LAB_SOURCE = "lab world heldout split"  # a report's questions.source for lab-world questions
+
+
+def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip_tokenizer=None,
+                 scoring: str = "clip", batch: int = 32, progress: bool = False) -> tuple[list[dict] | None, str]:
+    """How spread out each method's kept tokens lie (``kept_nearest``, ``kept_gap_cv``) for every
+    method and budget of a long run ``report``, and where the figures come from.
+
+    The report's own rows when it recorded them; else, for a run of lab-world questions, the same
+    methods and budgets selected again on its first ``questions`` questions, at its seed, batch
+    size (``random`` draws per batch) and similarity sign; the answers are cut to one token, only
+    the selection is measured. A run of a
+    question file that did not record them gives ``(None, reason)``.
+    """
+    rows = [r for r in report["results"] if r["method"] != "none"]
+    if all(r.get("kept_nearest") is not None for r in rows):
+        return report["results"], f"the run's own {report['questions']['count']:,} questions"
+    if report["questions"].get("source") != LAB_SOURCE:
+        return None, "the run predates the spacing figures and its questions come from a file: rerun it to record them"
+    seed = report["seed"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    budgets = sorted({int(r["budget"]) for r in rows}, reverse=True)
+    again = run(lab_questions(questions, seed), methods, budgets, model, processor, clip, clip_tokenizer, scoring,
+                batch=report.get("batch") or batch, seed=seed, max_new_tokens=1, sign=report.get("sign"),
+                progress=progress)
+    return again, (f"the first {questions:,} of the run's questions (seed {seed}) selected again, "
+                   f"the run having been written before the bench recorded spacing")
 
 
 def _table(results: list[dict], value: str = "accuracy") -> str:
@@ -238,7 +269,7 @@ def main(argv=None) -> int:
             "model": str(args.model or "data/models/lab-llava"), "clip": clip_name,
             "scoring": scoring, "seed": args.seed, "positions": args.positions,
             "sign": sign, "sign_source": sign_source,
-            "questions": {"source": args.question_file or "lab world heldout split", "count": len(questions)},
+            "questions": {"source": args.question_file or LAB_SOURCE, "count": len(questions)},
             "batch": args.batch, "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(),
             "device": str(model.device), "dtype": args.dtype, "device_map": args.device_map,
             "answers_file": args.answers_file,
