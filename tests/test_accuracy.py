@@ -556,9 +556,17 @@ def test_spacing_frame_correlations_and_figures():
     assert spacing_figures(frame, clearer)["spacing_verdict"] == ("the more spread out a selection, the worse it "
                                                                   "does renumbered against its original positions")
     assert set(spacing_figures(None, None)) == set(got) and spacing_figures(None, None)["spacing_contrast"] == "not measured"
+    # the lab LLaVA's card says it when the renumbered run recorded the spacing, and only then
+    from eadp_lab.labmodels.cards import pruning_section
+
+    meta = {"questions": {"count": 200}, "seed": 1, "sign": 1.0, "command": "cmd"}
+    card = pruning_section({"results": renumbered, **meta}, {"results": original, **meta})
+    assert f"rank correlation is {got['spacing_rho']:+.2f} over the 8 cells" in card
+    assert got["spacing_contrast"] in card
     del renumbered[3]["kept_nearest"]  # eadp-topk at 64
     with pytest.raises(ValueError, match="eadp-topk at 64"):
         spacing_frame(renumbered, {"results": renumbered}, {"results": original})
+    assert "What the gap follows" not in pruning_section({"results": renumbered, **meta}, {"results": original, **meta})
 
 
 def test_spacing_rows_reuse_a_run_that_recorded_them_and_select_again_otherwise(lab):

@@ -250,7 +250,8 @@ def _noise(report: dict) -> str:
 
 def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
-    from ..evaluation import markdown_table, positions_figures, positions_gap, results_frame
+    from ..evaluation import (markdown_table, positions_figures, positions_gap, results_frame, spacing_correlations,
+                              spacing_figures, spacing_frame)
 
     if renumbered is None and original is None:
         return ""
@@ -284,6 +285,18 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
                   f"The largest gap is {100 * gap.loc[worst]:+.1f} points (`{worst[0]}` at {worst[1]} tokens): the "
                   f"target of at most 2 points for every method and budget is {verdict}. Compared question by "
                   f"question, {figures['positions_intervals']}."]
+        if all(r.get("kept_nearest") is not None for r in renumbered["results"] if r["method"] != "none"):
+            frame = spacing_frame(renumbered, renumbered, original)
+            spread = spacing_figures(frame, spacing_correlations(frame))
+            parts += ["", f"**What the gap follows.** Ranked against how spread out each method's kept tokens lie "
+                      f"(the mean distance from a kept token to its nearest kept neighbour, in patches), the gap's "
+                      f"rank correlation is {spread['spacing_rho']:+.2f} over the {spread['spacing_cells']} cells "
+                      f"(permutation p {spread['spacing_p']:.3f}) and {spread['spacing_budget_rho']:+.2f} at "
+                      f"{spread['spacing_budget']} tokens (p {spread['spacing_budget_p']:.3f}): "
+                      f"{spread['spacing_verdict']}. {spread['spacing_contrast']}. The reading this supports, without "
+                      f"proving it (ten methods, and spread goes with other properties of a method): renumbering maps "
+                      f"an evenly spread selection onto something like the squeezed image this model was trained on, "
+                      f"and a clustered one onto a layout it never saw. Chapter 04 plots it."]
     return "\n".join(parts) + "\n"
 
 
