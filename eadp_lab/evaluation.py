@@ -860,11 +860,11 @@ def spacing_figures(frame, correlations, examples: int = 3) -> dict:
     """The figures a chapter quotes of :func:`spacing_frame` and :func:`spacing_correlations`:
     ``spacing_rho``, ``spacing_p``, ``spacing_cells`` (the gap against ``nearest`` over every
     cell), ``spacing_budget`` (the budget of the largest gap in size) with its
-    ``spacing_budget_rho``, ``spacing_budget_p``, ``spacing_budget_cv_rho`` (against ``gap_cv``)
+    ``spacing_budget_rho``, ``spacing_budget_p``, ``spacing_budget_cv_rho`` (against ``gap_cv``),
     ``spacing_contrast``: a sentence giving, at that budget, the gaps of the ``examples`` most
     clustered and the ``examples`` most spread-out selections (by ``nearest``), and
-    ``spacing_verdict``: what that budget's correlation says (permutation p below 0.05 or not). ``None``
-    for the frame: NaN, 0 and "not measured"."""
+    ``spacing_verdict``: what that budget's correlation says (permutation p below 0.05 or not).
+    ``None`` for the frame: NaN, 0 and "not measured"."""
     if frame is None or correlations is None:
         nan = float("nan")
         return {"spacing_rho": nan, "spacing_p": nan, "spacing_cells": 0, "spacing_budget": 0,

@@ -230,10 +230,9 @@ def spacing_panels(frame, correlations=None, tolerance: float = 0.02):
     """Renumbered minus original accuracy (points, with its 95% paired interval) against how
     spread out the kept tokens lie (mean distance to the nearest kept neighbour, patches), one
     panel per budget, one point per method (its colour and marker in the legend); the band is
-    ``-/+ tolerance``. ``frame``:
-    :func:`eadp_lab.evaluation.spacing_frame`; ``correlations`` (optional,
-    :func:`eadp_lab.evaluation.spacing_correlations`) puts each budget's rank correlation in its
-    title. Returns the figure."""
+    ``-/+ tolerance``. ``frame``: :func:`eadp_lab.evaluation.spacing_frame`; ``correlations``
+    (optional, :func:`eadp_lab.evaluation.spacing_correlations`) puts each budget's rank
+    correlation in its title. Returns the figure."""
     plt = _plt()
     budgets = list(dict.fromkeys(frame.index.get_level_values("budget")))
     fig, axes = plt.subplots(1, len(budgets), figsize=(4.4 * len(budgets), 3.9), sharey=True, squeeze=False)

@@ -126,8 +126,8 @@ def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip
     The report's own rows when it recorded them; else, for a run of lab-world questions, the same
     methods and budgets selected again on its first ``questions`` questions, at its seed, batch
     size (``random`` draws per batch) and similarity sign; the answers are cut to one token, only
-    the selection is measured. A run of a
-    question file that did not record them gives ``(None, reason)``.
+    the selection is measured. A run of a question file that did not record them gives
+    ``(None, reason)``.
     """
     rows = [r for r in report["results"] if r["method"] != "none"]
     if all(r.get("kept_nearest") is not None for r in rows):
