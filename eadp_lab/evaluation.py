@@ -35,8 +35,8 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
-           "against_best", "long_run_figures", "positions_figures", "spacing_frame", "spacing_correlations",
-           "spacing_figures",
+           "against_best", "long_run_figures", "positions_figures", "records_spacing", "spacing_frame",
+           "spacing_correlations", "spacing_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -812,6 +812,12 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
 SPACING = {"nearest": "kept_nearest", "gap_cv": "kept_gap_cv"}  # kept_spacing's figures, as the rows name them
 
 
+def records_spacing(results) -> bool:
+    """Whether every pruned row of a run (rows or report) carries the kept tokens' spacing
+    (runs written before the bench recorded it do not)."""
+    return all(r.get(SPACING["nearest"]) is not None for r in _result_rows(results) if r["method"] != "none")
+
+
 def spacing_frame(spacing, renumbered, original):
     """How spread out each method's kept tokens lie beside what renumbering them changes, per
     method and budget: a ``pandas.DataFrame`` indexed by ``(method, budget)`` with
@@ -887,8 +893,7 @@ def spacing_figures(frame, correlations, examples: int = 3) -> dict:
     return {"spacing_rho": float(correlations.loc["all", "nearest_rho"]),
             "spacing_p": float(correlations.loc["all", "nearest_p"]),
             "spacing_cells": int(correlations.loc["all", "n"]), "spacing_budget": budget,
-            "spacing_budget_rho": float(correlations.loc[budget, "nearest_rho"]),
-            "spacing_budget_p": float(correlations.loc[budget, "nearest_p"]),
+            "spacing_budget_rho": float(rho), "spacing_budget_p": float(p),
             "spacing_budget_cv_rho": float(correlations.loc[budget, "gap_cv_rho"]),
             "spacing_contrast": contrast, "spacing_verdict": verdict}
 

@@ -13,7 +13,7 @@ def test_cluster_picks_by_hand():
     assert cluster_picks((4, 4), 3, (0.0, 0.0)).tolist() == [0, 1, 4]  # 1 and 4 tie at distance 1
     assert cluster_picks((4, 4), 4, (1.5, 1.5)).tolist() == [5, 6, 9, 10]
     assert cluster_picks((2, 3), 99, (0.0, 0.0)).tolist() == list(range(6))
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="integer >= 1"):
         cluster_picks((4, 4), 0, (0.0, 0.0))
 
 

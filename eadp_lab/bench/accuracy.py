@@ -55,7 +55,7 @@ from .._io import write_json
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
                           QuestionFileError, against_best, against_chance, answer_kind, answers_path, blind_baseline, check_answers,
                           evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
-                          markdown_table, max_standard_error, positions_figures, spacing_correlations,
+                          markdown_table, max_standard_error, positions_figures, records_spacing, spacing_correlations,
                           spacing_figures, spacing_frame,
                           model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
                           results_frame, run_summary, score_hits)
@@ -65,7 +65,7 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "Questi
            "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
            "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
-           "max_standard_error", "spacing_rows", "spacing_frame", "spacing_correlations", "spacing_figures"]
+           "max_standard_error", "spacing_rows", "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
 # Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).
@@ -129,12 +129,12 @@ def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip
     the selection is measured. A run of a question file that did not record them gives
     ``(None, reason)``.
     """
-    rows = [r for r in report["results"] if r["method"] != "none"]
-    if all(r.get("kept_nearest") is not None for r in rows):
+    if records_spacing(report):
         return report["results"], f"the run's own {report['questions']['count']:,} questions"
     if report["questions"].get("source") != LAB_SOURCE:
         return None, "the run predates the spacing figures and its questions come from a file: rerun it to record them"
     seed = report["seed"]
+    rows = [r for r in report["results"] if r["method"] != "none"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     budgets = sorted({int(r["budget"]) for r in rows}, reverse=True)
     again = run(lab_questions(questions, seed), methods, budgets, model, processor, clip, clip_tokenizer, scoring,

@@ -250,8 +250,8 @@ def _noise(report: dict) -> str:
 
 def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
-    from ..evaluation import (markdown_table, positions_figures, positions_gap, results_frame, spacing_correlations,
-                              spacing_figures, spacing_frame)
+    from ..evaluation import (markdown_table, positions_figures, positions_gap, records_spacing, results_frame,
+                              spacing_correlations, spacing_figures, spacing_frame)
 
     if renumbered is None and original is None:
         return ""
@@ -285,7 +285,7 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
                   f"The largest gap is {100 * gap.loc[worst]:+.1f} points (`{worst[0]}` at {worst[1]} tokens): the "
                   f"target of at most 2 points for every method and budget is {verdict}. Compared question by "
                   f"question, {figures['positions_intervals']}."]
-        if all(r.get("kept_nearest") is not None for r in renumbered["results"] if r["method"] != "none"):
+        if records_spacing(renumbered):
             frame = spacing_frame(renumbered, renumbered, original)
             spread = spacing_figures(frame, spacing_correlations(frame))
             parts += ["", f"**What the gap follows.** Ranked against how spread out each method's kept tokens lie "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_budget
 from .base import PruneInputs, PruneResult, selection_result
 
 __all__ = ["cluster_picks", "ClusterRule"]
@@ -28,8 +29,7 @@ def cluster_picks(grid: tuple[int, int], budget: int, centre: tuple[float, float
     """``(min(budget, H * W),)`` long, ascending: the raster indices of the ``budget`` tokens of an
     ``(H, W)`` grid nearest ``centre`` = ``(y, x)`` in patches (Euclidean; ties go to the lower index)."""
     H, W = grid
-    if budget < 1:
-        raise ValueError(f"budget must be at least 1, got {budget}")
+    check_budget(budget)
     yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
     distance = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2).flatten()
     return torch.argsort(distance, stable=True)[: min(budget, H * W)].sort().values
