@@ -32,11 +32,11 @@ from .analysis import kept_spacing
 from .methods.settings import clip_similarity_sign, method_settings
 
 __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "MissingImageError", "AnswersFileError",
-           "lab_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
+           "LAB_SOURCE", "lab_questions", "report_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
            "against_best", "long_run_figures", "positions_figures", "records_spacing", "spacing_frame",
-           "spacing_correlations", "spacing_figures",
+           "spacing_correlations", "spacing_figures", "positions_type_gap", "answer_split", "type_gap_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,9 @@ class Question:
     masks: torch.Tensor | None = None
 
 
+LAB_SOURCE = "lab world heldout split"  # a report's questions.source for lab-world questions
+
+
 def lab_questions(n: int, seed: int) -> list[Question]:
     """``n`` questions of the lab world's ``heldout`` split for ``seed``."""
     from .guidance import named_objects, object_masks
@@ -86,6 +89,13 @@ def lab_questions(n: int, seed: int) -> list[Question]:
                      named_objects(r.question), object_masks(r.coverage))
             for r in sample("heldout", n, seed=seed, workers=2 if n >= 64 else 1)]
 
+
+def report_questions(report: dict, count: int | None = None) -> list[Question] | None:
+    """The lab-world questions a run ``report`` answered, in its order (made again from its seed;
+    the first ``count`` of them if given), or ``None`` for a run of a question file."""
+    if report["questions"].get("source") != LAB_SOURCE:
+        return None
+    return lab_questions(report["questions"]["count"] if count is None else count, report["seed"])
 
 def named_kept(question: Question, item) -> dict | None:
     """What the tokens kept for ``question``'s image show of the objects it names.
@@ -628,11 +638,27 @@ def positions_gap(renumbered, original):
         renumbered, original: reports (or rows) of the same questions, methods and budgets run with
             ``--positions renumber`` and ``--positions original``.
     """
-    a, b = results_frame(renumbered), results_frame(original)
-    if list(a.index) != list(b.index) or list(a.columns) != list(b.columns):
-        raise ValueError("the two runs must cover the same methods and budgets")
-    gap = a - b
+    gap = _run_difference(results_frame(renumbered), results_frame(original))
     return gap.drop(index="none", errors="ignore").dropna(axis=1, how="all")
+
+
+def _run_difference(a, b):
+    """``a - b`` for two runs' frames of the same rows and columns; ``ValueError`` otherwise."""
+    if list(a.index) != list(b.index) or list(a.columns) != list(b.columns):
+        raise ValueError("the two runs must cover the same methods and budgets (and question types)")
+    return a - b
+
+
+def _pruned_pairs(renumbered, original) -> dict:
+    """``{(method, budget): (row of renumbered, row of original)}`` for every pruned configuration
+    (``none`` left out); ``ValueError`` unless both runs cover the same ones."""
+    def rows(report):
+        return {(r["method"], int(r["budget"])): r for r in _result_rows(report) if r["method"] != "none"}
+
+    a, b = rows(renumbered), rows(original)
+    if set(a) != set(b):
+        raise ValueError("the two runs must cover the same methods and budgets")
+    return {key: (a[key], b[key]) for key in a}
 
 
 def positions_intervals(renumbered, original, z: float = Z95):
@@ -643,19 +669,13 @@ def positions_intervals(renumbered, original, z: float = Z95):
     the gap of their accuracies."""
     import pandas as pd
 
-    def rows(report):
-        return {(r["method"], int(r["budget"])): r for r in _result_rows(report) if r["method"] != "none"}
-
-    a, b = rows(renumbered), rows(original)
-    if set(a) != set(b):
-        raise ValueError("the two runs must cover the same methods and budgets")
     records = []
-    for key in a:
-        ha, hb = a[key].get("hits"), b[key].get("hits")
+    for key, (ra, rb) in _pruned_pairs(renumbered, original).items():
+        ha, hb = ra.get("hits"), rb.get("hits")
         if ha and hb:
             gap, se, n = paired_difference(ha, hb)
         else:
-            gap, se, n = a[key]["accuracy"] - b[key]["accuracy"], float("nan"), 0
+            gap, se, n = ra["accuracy"] - rb["accuracy"], float("nan"), 0
         records.append({"method": key[0], "budget": key[1], "gap": gap, "se": se,
                         "low": gap - z * se, "high": gap + z * se, "n": n})
     return pd.DataFrame.from_records(records, columns=["method", "budget", "gap", "se", "low", "high", "n"]
@@ -896,6 +916,91 @@ def spacing_figures(frame, correlations, examples: int = 3) -> dict:
             "spacing_budget_rho": float(rho), "spacing_budget_p": float(p),
             "spacing_budget_cv_rho": float(correlations.loc[budget, "gap_cv_rho"]),
             "spacing_contrast": contrast, "spacing_verdict": verdict}
+
+
+def positions_type_gap(renumbered, original):
+    """Renumbered minus original positions per question type: a ``pandas.DataFrame`` indexed by
+    ``(method, budget)``, one column per question type and ``all`` last (fractions; ``none``
+    dropped). Which questions :func:`positions_gap` comes from.
+
+    Args:
+        renumbered, original: reports (or rows) of the same questions, methods and budgets run with
+            ``--positions renumber`` and ``--positions original``.
+    """
+    gap = _run_difference(per_type_frame(renumbered), per_type_frame(original))
+    return gap[gap.index.get_level_values("method") != "none"]
+
+
+def answer_split(renumbered, original, questions, qtype: str = "exist"):
+    """Accuracy on the ``qtype`` questions split by their reference answer, renumbered and at the
+    original positions: a ``pandas.DataFrame`` indexed by ``(method, budget, answer)`` with
+    ``renumbered`` and ``original`` (fractions), their ``gap`` and ``n`` (questions of that answer
+    scored in both runs). Read from the rows' ``hits`` (one character per question,
+    :func:`answer_hits`), so ``questions`` must be the runs' questions in their order.
+
+    Args:
+        renumbered, original: reports (or rows) as for :func:`positions_type_gap`, with ``hits``.
+        questions: the ``Q`` questions both runs answered (objects with ``qtype`` and ``answer``).
+    """
+    import pandas as pd
+
+    records = []
+    for key, (ra, rb) in _pruned_pairs(renumbered, original).items():
+        ha, hb = ra.get("hits"), rb.get("hits")
+        if not ha or not hb or len(ha) != len(questions) or len(hb) != len(questions):
+            raise ValueError(f"{key[0]} at {key[1]}: both runs need hits for each of the {len(questions)} questions")
+        answers = {}
+        for q, x, y in zip(questions, ha, hb):
+            if q.qtype == qtype and x != "-" and y != "-":
+                answers.setdefault(first_word(str(q.answer)), []).append((x == "1", y == "1"))
+        for answer, pairs in sorted(answers.items()):
+            ren, orig = (sum(p[k] for p in pairs) / len(pairs) for k in (0, 1))
+            records.append({"method": key[0], "budget": key[1], "answer": answer, "renumbered": ren,
+                            "original": orig, "gap": ren - orig, "n": len(pairs)})
+    if not records:
+        raise ValueError(f"no {qtype!r} question was scored in both runs")
+    return pd.DataFrame.from_records(records).set_index(["method", "budget", "answer"])
+
+
+def type_gap_figures(type_gap, split=None, examples: int = 3) -> dict:
+    """The figures a chapter quotes of :func:`positions_type_gap` (and of :func:`answer_split`):
+    ``type_gap_cells``; ``type_gap_rise``: the question type whose gap is largest on average over
+    the cells, with that mean and its largest cell; ``type_gap_fall``: the type lowest on average,
+    and the ``examples`` most negative cells of any type; ``type_gap_split``: per answer, the mean
+    gap over the cells on the split type's questions and the cell where the split differs most
+    (``"not measured"`` without a split). ``None`` for ``type_gap``: 0 and "not measured"."""
+    if type_gap is None:
+        return {"type_gap_cells": 0, "type_gap_rise": "not measured", "type_gap_fall": "not measured",
+                "type_gap_split": "not measured"}
+    types = type_gap.drop(columns="all", errors="ignore")
+    means = types.mean()
+
+    def cell(method, budget, qtype, value):
+        return f"{method} at {budget} tokens ({qtype} {100 * value:+.1f})"
+
+    top = means.idxmax()
+    best = types[top].idxmax()
+    rise = (f"`{top}` questions gain {100 * means[top]:+.1f} points on average over the {len(types)} cells, "
+            f"at most {cell(*best, top, types[top].max())}")
+    bottom = means.idxmin()
+    flat = types.stack().sort_values()
+    falls = flat[flat < 0].head(examples)
+    worst = ("the largest falls are " + ", ".join(cell(m, b, t, v) for (m, b, t), v in falls.items())
+             if len(falls) else "no cell falls")
+    fall = f"`{bottom}` questions do worst, {100 * means[bottom]:+.1f} points on average; {worst}"
+    figures = {"type_gap_cells": len(types), "type_gap_rise": rise, "type_gap_fall": fall,
+               "type_gap_split": "not measured"}
+    if split is not None:
+        by_answer = split["gap"].groupby(level="answer").mean()
+        spread = split["gap"].unstack("answer")
+        widest = (spread.max(axis=1) - spread.min(axis=1)).idxmax()
+        at = split.xs(widest, level=("method", "budget"))
+        figures["type_gap_split"] = (
+            "on average " + ", ".join(f"{100 * g:+.1f} points on questions answered `{a}`" for a, g in by_answer.items())
+            + f"; for {widest[0]} at {widest[1]} tokens, the cell where the answers differ most, "
+            + ", ".join(f"`{a}` {round(r.renumbered * r.n)} of {int(r.n)} right renumbered against "
+                        f"{round(r.original * r.n)} at the original positions" for a, r in at.iterrows()))
+    return figures
 
 
 def answer_kind(text: str) -> str:

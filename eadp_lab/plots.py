@@ -24,6 +24,7 @@ __all__ = [
     "curves",
     "accuracy_vs_budget",
     "spacing_panels",
+    "type_gap_panels",
 ]
 
 METHOD_ORDER = ["none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
@@ -253,5 +254,35 @@ def spacing_panels(frame, correlations=None, tolerance: float = 0.02):
         ax.set_xlabel("nearest kept neighbour (patches)")
     axes[0, 0].set_ylabel("renumbered minus original (points)")
     axes[0, -1].legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return fig
+
+
+def type_gap_panels(type_gap, tolerance: float = 0.02):
+    """Renumbered minus original accuracy per question type (points), one heat-map panel per
+    budget: a row per method, a column per type, each cell annotated, one diverging colour scale
+    centred on 0 for every panel; cells within ``-/+ tolerance`` are greyed in the annotation.
+    ``type_gap``: :func:`eadp_lab.evaluation.positions_type_gap`. Returns the figure."""
+    import seaborn as sns
+
+    plt = _plt()
+    values = 100 * type_gap.drop(columns="all", errors="ignore")
+    budgets = list(dict.fromkeys(values.index.get_level_values("budget")))
+    limit = max(float(values.abs().max().max()), 100 * tolerance)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(0.75 * values.shape[1] * len(budgets) + 2.5,
+                                                       0.42 * len(values) / len(budgets) + 1.6),
+                             sharey=True, squeeze=False)
+    for k, (ax, budget) in enumerate(zip(axes[0], budgets)):
+        at = values.xs(budget, level="budget")
+        sns.heatmap(at, ax=ax, cmap="RdBu_r", vmin=-limit, vmax=limit, center=0, annot=True, fmt="+.1f",
+                    annot_kws={"fontsize": "x-small"}, cbar=k == len(budgets) - 1,
+                    cbar_kws={"label": "renumbered minus original (points)"})
+        for text, v in zip(ax.texts, at.to_numpy().ravel()):
+            if abs(v) <= 100 * tolerance:
+                text.set_color("0.45")
+        ax.set_title(f"{budget} tokens", fontsize="small")
+        ax.set_xlabel("question type")
+        ax.set_ylabel("method" if k == 0 else "")
+        ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return fig

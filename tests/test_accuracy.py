@@ -524,7 +524,8 @@ def test_positions_figures_give_paired_intervals_when_the_runs_record_hits():
 
 
 def test_spacing_frame_correlations_and_figures():
-    from eadp_lab.evaluation import spacing_correlations, spacing_figures, spacing_frame
+    from eadp_lab.evaluation import (positions_type_gap, spacing_correlations, spacing_figures, spacing_frame,
+                                     type_gap_figures)
 
     renumbered, original = _long_rows(), _long_rows()
     for a, b in zip(renumbered, original):
@@ -563,10 +564,65 @@ def test_spacing_frame_correlations_and_figures():
     card = pruning_section({"results": renumbered, **meta}, {"results": original, **meta})
     assert f"rank correlation is {got['spacing_rho']:+.2f} over the 8 cells" in card
     assert got["spacing_contrast"] in card
+    kinds = type_gap_figures(positions_type_gap({"results": renumbered}, {"results": original}))
+    assert f"**Which questions.** Split by question type, {kinds['type_gap_rise']}; {kinds['type_gap_fall']}." in card
+    assert "Split by answer" not in card  # these rows' questions cannot be made again (no lab source)
     del renumbered[3]["kept_nearest"]  # eadp-topk at 64
     with pytest.raises(ValueError, match="eadp-topk at 64"):
         spacing_frame(renumbered, {"results": renumbered}, {"results": original})
     assert "What the gap follows" not in pruning_section({"results": renumbered, **meta}, {"results": original, **meta})
+
+
+def test_type_gap_and_answer_split_by_hand():
+    from types import SimpleNamespace
+
+    from eadp_lab.evaluation import answer_split, positions_type_gap, type_gap_figures
+
+    renumbered, original = _long_rows(), _long_rows()
+    renumbered[1]["per_type"]["count"]["accuracy"] = 0.9  # eadp at 64: count +10 points renumbered
+    renumbered[6]["per_type"]["colour"]["accuracy"] = 0.45  # topk at 14: colour -5 points
+    original[8]["per_type"]["colour"]["accuracy"] = 0.83  # cdpruner at 14: colour -3 points
+    gap = positions_type_gap({"results": renumbered}, {"results": original})
+    assert list(gap.columns) == ["colour", "count", "all"] and "none" not in gap.index.get_level_values("method")
+    assert gap.loc[("eadp", 64), "count"] == pytest.approx(0.1) and gap.loc[("topk", 14), "colour"] == pytest.approx(-0.05)
+    got = type_gap_figures(gap, examples=5)
+    assert got["type_gap_cells"] == 8
+    assert got["type_gap_rise"] == ("`count` questions gain +1.2 points on average over the 8 cells, at most eadp at "
+                                    "64 tokens (count +10.0)")
+    assert got["type_gap_fall"] == ("`colour` questions do worst, -1.0 points on average; the largest falls are topk "
+                                    "at 14 tokens (colour -5.0), cdpruner at 14 tokens (colour -3.0)")
+    assert got["type_gap_split"] == "not measured" and set(type_gap_figures(None)) == set(got)
+    with pytest.raises(ValueError, match="same methods"):
+        positions_type_gap({"results": renumbered}, {"results": original[:-1]})
+
+    # the split reads the hits: four exist questions (yes, yes, no, no) and one colour question
+    qs = [SimpleNamespace(qtype=t, answer=a) for t, a in
+          [("exist", "yes"), ("exist", "yes"), ("exist", "no"), ("colour", "red"), ("exist", "no")]]
+    for a, b in zip(renumbered, original):
+        a["hits"], b["hits"] = "11110", "00110"  # renumbered right on both yes, original on neither
+    original[1]["hits"] = "10-11"  # eadp at 64: one yes right, one no not scored
+    split = answer_split({"results": renumbered}, {"results": original}, qs)
+    assert split.loc[("eadp", 64, "yes"), "gap"] == pytest.approx(0.5)
+    assert split.loc[("eadp", 64, "no"), "n"] == 1 and split.loc[("eadp", 64, "no"), "gap"] == pytest.approx(-1.0)
+    assert split.loc[("topk", 14, "yes"), "renumbered"] == 1.0 and split.loc[("topk", 14, "yes"), "original"] == 0.0
+    assert split.loc[("topk", 14, "no"), "gap"] == 0.0 and split.loc[("topk", 14, "no"), "n"] == 2
+    got = type_gap_figures(gap, split)
+    assert got["type_gap_split"] == ("on average -12.5 points on questions answered `no`, +93.8 points on questions "
+                                     "answered `yes`; for eadp at 64 tokens, the cell where the answers differ most, "
+                                     "`no` 0 of 1 right renumbered against 1 at the original positions, `yes` 2 of 2 "
+                                     "right renumbered against 1 at the original positions")
+    with pytest.raises(ValueError, match="hits for each of the 4 questions"):
+        answer_split({"results": renumbered}, {"results": original}, qs[:4])
+    with pytest.raises(ValueError, match="no 'size' question"):
+        answer_split({"results": renumbered}, {"results": original}, qs, qtype="size")
+
+
+def test_report_questions_are_the_runs_own_lab_questions():
+    report = {"seed": 5, "questions": {"source": A.LAB_SOURCE, "count": 3}}
+    made = A.lab_questions(3, seed=5)
+    assert [(q.qid, q.text, q.answer) for q in A.report_questions(report)] == [(q.qid, q.text, q.answer) for q in made]
+    assert [q.qid for q in A.report_questions(report, 2)] == [q.qid for q in made[:2]]
+    assert A.report_questions({"seed": 5, "questions": {"source": "q.jsonl", "count": 3}}) is None
 
 
 def test_spacing_rows_reuse_a_run_that_recorded_them_and_select_again_otherwise(lab):

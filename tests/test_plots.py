@@ -60,3 +60,19 @@ def test_spacing_panels_draw_one_panel_per_budget_with_its_correlation():
     # each point at its spacing and gap in points, with its interval
     points = [line.get_xydata().tolist() for line in fig.axes[1].lines]
     assert [[2.5, 3.0]] in points and [[1.2, -1.0]] in points
+
+
+def test_type_gap_panels_draw_one_heat_map_per_budget_on_one_scale():
+    import pandas as pd
+
+    gap = pd.DataFrame({"method": ["eadp", "topk", "eadp", "topk"], "budget": [64, 64, 14, 14],
+                        "colour": [0.01, -0.02, 0.03, -0.1], "exist": [0.05, 0.0, 0.12, 0.02],
+                        "all": [0.03, -0.01, 0.07, -0.04]}).set_index(["method", "budget"])
+    fig = plots.type_gap_panels(gap)
+    heat = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in heat] == ["64 tokens", "14 tokens"]
+    assert [t.get_text() for t in heat[1].texts] == ["+3.0", "+12.0", "-10.0", "+2.0"]  # points, "all" left out
+    assert [t.get_text() for t in heat[0].get_xticklabels()] == ["colour", "exist"]
+    # one scale: both panels run from -12 to +12 points; within 2 points the number is greyed
+    assert {tuple(ax.collections[0].get_clim()) for ax in heat} == {(-12.0, 12.0)}
+    assert heat[0].texts[0].get_color() == "0.45" and heat[1].texts[1].get_color() != "0.45"

@@ -56,7 +56,8 @@ from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Q
                           QuestionFileError, against_best, against_chance, answer_kind, answers_path, blind_baseline, check_answers,
                           evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
                           markdown_table, max_standard_error, positions_figures, records_spacing, spacing_correlations,
-                          spacing_figures, spacing_frame,
+                          spacing_figures, spacing_frame, positions_type_gap, answer_split, type_gap_figures,
+                          LAB_SOURCE, report_questions,
                           model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
                           results_frame, run_summary, score_hits)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
@@ -65,7 +66,8 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "Questi
            "lab_questions", "file_questions", "method_settings", "first_word", "named_kept", "load", "evaluate",
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
            "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
-           "max_standard_error", "spacing_rows", "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures"]
+           "max_standard_error", "report_questions", "spacing_rows", "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures",
+           "positions_type_gap", "answer_split", "type_gap_figures"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
 # Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).
@@ -115,7 +117,6 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
     return results
 
 
-LAB_SOURCE = "lab world heldout split"  # a report's questions.source for lab-world questions
 
 
 def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip_tokenizer=None,
@@ -131,13 +132,14 @@ def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip
     """
     if records_spacing(report):
         return report["results"], f"the run's own {report['questions']['count']:,} questions"
-    if report["questions"].get("source") != LAB_SOURCE:
+    again_questions = report_questions(report, questions)
+    if again_questions is None:
         return None, "the run predates the spacing figures and its questions come from a file: rerun it to record them"
     seed = report["seed"]
     rows = [r for r in report["results"] if r["method"] != "none"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     budgets = sorted({int(r["budget"]) for r in rows}, reverse=True)
-    again = run(lab_questions(questions, seed), methods, budgets, model, processor, clip, clip_tokenizer, scoring,
+    again = run(again_questions, methods, budgets, model, processor, clip, clip_tokenizer, scoring,
                 batch=report.get("batch") or batch, seed=seed, max_new_tokens=1, sign=report.get("sign"),
                 progress=progress)
     return again, (f"the first {questions:,} of the run's questions (seed {seed}) selected again, "

@@ -250,8 +250,9 @@ def _noise(report: dict) -> str:
 
 def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
-    from ..evaluation import (markdown_table, positions_figures, positions_gap, records_spacing, results_frame,
-                              spacing_correlations, spacing_figures, spacing_frame)
+    from ..evaluation import (answer_split, markdown_table, positions_figures, positions_gap, positions_type_gap,
+                              records_spacing, report_questions, results_frame, spacing_correlations, spacing_figures,
+                              spacing_frame, type_gap_figures)
 
     if renumbered is None and original is None:
         return ""
@@ -297,6 +298,17 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
                       f"proving it (ten methods, and spread goes with other properties of a method): renumbering maps "
                       f"an evenly spread selection onto something like the squeezed image this model was trained on, "
                       f"and a clustered one onto a layout it never saw. Chapter 04 plots it."]
+        questions = report_questions(renumbered) if all(
+            r.get("hits") for report in (renumbered, original) for r in report["results"] if r["method"] != "none") else None
+        split = (answer_split(renumbered, original, questions)
+                 if questions is not None and any(q.qtype == "exist" for q in questions) else None)
+        kinds = type_gap_figures(positions_type_gap(renumbered, original), split)
+        parts += ["", f"**Which questions.** Split by question type, {kinds['type_gap_rise']}; "
+                  f"{kinds['type_gap_fall']}."
+                  + (f" Split by answer (the same kept tokens in both runs), the `exist` questions change by "
+                     f"{kinds['type_gap_split']}." if split is not None else "")
+                  + " Chapter 04 draws it per method and budget and discusses what it says about how this model "
+                    "reads positions."]
     return "\n".join(parts) + "\n"
 
 
