@@ -97,6 +97,7 @@ def report_questions(report: dict, count: int | None = None) -> list[Question] |
         return None
     return lab_questions(report["questions"]["count"] if count is None else count, report["seed"])
 
+
 def named_kept(question: Question, item) -> dict | None:
     """What the tokens kept for ``question``'s image show of the objects it names.
 

@@ -117,8 +117,6 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
     return results
 
 
-
-
 def spacing_rows(report: dict, questions: int, model, processor, clip=None, clip_tokenizer=None,
                  scoring: str = "clip", batch: int = 32, progress: bool = False) -> tuple[list[dict] | None, str]:
     """How spread out each method's kept tokens lie (``kept_nearest``, ``kept_gap_cv``) for every
