@@ -963,16 +963,18 @@ def answer_split(renumbered, original, questions, qtype: str = "exist"):
     return pd.DataFrame.from_records(records).set_index(["method", "budget", "answer"])
 
 
-def type_gap_figures(type_gap, split=None, examples: int = 3) -> dict:
+def type_gap_figures(type_gap, split=None, examples: int = 3, apart: float = 0.02) -> dict:
     """The figures a chapter quotes of :func:`positions_type_gap` (and of :func:`answer_split`):
     ``type_gap_cells``; ``type_gap_rise``: the question type whose gap is largest on average over
     the cells, with that mean and its largest cell; ``type_gap_fall``: the type lowest on average,
     and the ``examples`` most negative cells of any type; ``type_gap_split``: per answer, the mean
     gap over the cells on the split type's questions and the cell where the split differs most
-    (``"not measured"`` without a split). ``None`` for ``type_gap``: 0 and "not measured"."""
+    (``"not measured"`` without a split); ``type_gap_reading``: what the split says, whether one
+    answer gains more than ``apart`` (2 points) over the other on average.
+    ``None`` for ``type_gap``: 0 and "not measured"."""
     if type_gap is None:
         return {"type_gap_cells": 0, "type_gap_rise": "not measured", "type_gap_fall": "not measured",
-                "type_gap_split": "not measured"}
+                "type_gap_split": "not measured", "type_gap_reading": "not measured"}
     types = type_gap.drop(columns="all", errors="ignore")
     means = types.mean()
 
@@ -990,7 +992,7 @@ def type_gap_figures(type_gap, split=None, examples: int = 3) -> dict:
              if len(falls) else "no cell falls")
     fall = f"`{bottom}` questions do worst, {100 * means[bottom]:+.1f} points on average; {worst}"
     figures = {"type_gap_cells": len(types), "type_gap_rise": rise, "type_gap_fall": fall,
-               "type_gap_split": "not measured"}
+               "type_gap_split": "not measured", "type_gap_reading": "not measured"}
     if split is not None:
         by_answer = split["gap"].groupby(level="answer").mean()
         spread = split["gap"].unstack("answer")
@@ -1001,6 +1003,14 @@ def type_gap_figures(type_gap, split=None, examples: int = 3) -> dict:
             + f"; for {widest[0]} at {widest[1]} tokens, the cell where the answers differ most, "
             + ", ".join(f"`{a}` {round(r.renumbered * r.n)} of {int(r.n)} right renumbered against "
                         f"{round(r.original * r.n)} at the original positions" for a, r in at.iterrows()))
+        up, down = by_answer.idxmax(), by_answer.idxmin()
+        difference = by_answer[up] - by_answer[down]
+        figures["type_gap_reading"] = (
+            f"the two answers move alike (within {100 * apart:.0f} points of each other on average, "
+            f"{100 * difference:.1f} apart): renumbering does not tilt the model toward one answer"
+            if difference <= apart else
+            f"questions answered `{up}` gain {100 * difference:.1f} points more than those answered `{down}` on "
+            f"average: at the original positions the model leans toward `{down}`, compared with renumbered")
     return figures
 
 

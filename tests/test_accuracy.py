@@ -611,6 +611,13 @@ def test_type_gap_and_answer_split_by_hand():
                                      "answered `yes`; for eadp at 64 tokens, the cell where the answers differ most, "
                                      "`no` 0 of 1 right renumbered against 1 at the original positions, `yes` 2 of 2 "
                                      "right renumbered against 1 at the original positions")
+    assert got["type_gap_reading"] == ("questions answered `yes` gain 106.2 points more than those answered `no` on "
+                                       "average: at the original positions the model leans toward `no`, compared "
+                                       "with renumbered")
+    alike = split.copy()
+    alike["gap"] = [0.01, 0.0] * (len(alike) // 2)
+    assert type_gap_figures(gap, alike)["type_gap_reading"].startswith(
+        "the two answers move alike (within 2 points of each other on average, 1.0 apart)")
     with pytest.raises(ValueError, match="hits for each of the 4 questions"):
         answer_split({"results": renumbered}, {"results": original}, qs[:4])
     with pytest.raises(ValueError, match="no 'size' question"):

@@ -239,6 +239,9 @@ def test_span_positions_squeeze_the_image_and_shift_what_follows():
     got = span_positions(ids, mask, torch.tensor([2.0, 1.0]))
     assert got[0].tolist() == [0, 0, 0, 1, 2, 2.5, 3, 3.5, 4, 5]
     assert got[1].tolist() == [0, 1, 2, 3, 3.25, 3.5, 3.75, 4, 5, 6]
+    got = span_positions(ids, mask, torch.tensor([8.0, 4.0]))  # stretched: two positions a token, text moves up 4
+    assert got[0].tolist() == [0, 0, 0, 1, 2, 4, 6, 8, 10, 11]
+    assert torch.equal(got[1], plain[1])
 
 
 def test_linear_probe_finds_what_is_there_and_not_what_is_not():
