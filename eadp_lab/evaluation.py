@@ -972,9 +972,9 @@ def type_gap_figures(type_gap, split=None, examples: int = 3, apart: float = 0.0
     (``"not measured"`` without a split); ``type_gap_reading``: what the split says, whether one
     answer gains more than ``apart`` (2 points) over the other on average.
     ``None`` for ``type_gap``: 0 and "not measured"."""
+    unsplit = {"type_gap_split": "not measured", "type_gap_reading": "not measured"}
     if type_gap is None:
-        return {"type_gap_cells": 0, "type_gap_rise": "not measured", "type_gap_fall": "not measured",
-                "type_gap_split": "not measured", "type_gap_reading": "not measured"}
+        return {"type_gap_cells": 0, "type_gap_rise": "not measured", "type_gap_fall": "not measured", **unsplit}
     types = type_gap.drop(columns="all", errors="ignore")
     means = types.mean()
 
@@ -991,8 +991,7 @@ def type_gap_figures(type_gap, split=None, examples: int = 3, apart: float = 0.0
     worst = ("the largest falls are " + ", ".join(cell(m, b, t, v) for (m, b, t), v in falls.items())
              if len(falls) else "no cell falls")
     fall = f"`{bottom}` questions do worst, {100 * means[bottom]:+.1f} points on average; {worst}"
-    figures = {"type_gap_cells": len(types), "type_gap_rise": rise, "type_gap_fall": fall,
-               "type_gap_split": "not measured", "type_gap_reading": "not measured"}
+    figures = {"type_gap_cells": len(types), "type_gap_rise": rise, "type_gap_fall": fall, **unsplit}
     if split is not None:
         by_answer = split["gap"].groupby(level="answer").mean()
         spread = split["gap"].unstack("answer")
