@@ -35,7 +35,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "LAB_SOURCE", "lab_questions", "report_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
-           "against_best", "long_run_figures", "positions_figures", "records_spacing", "spacing_frame",
+           "against_best", "long_run_figures", "positions_figures", "pool_runs", "replication_figures", "records_spacing", "spacing_frame",
            "spacing_correlations", "spacing_figures", "positions_type_gap", "answer_split", "type_gap_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
@@ -804,12 +804,7 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
                f"what the comparison of methods measures" if beyond.empty else
                f"so the target of within {points} everywhere is missed in those cells, {sign}: "
                + ", ".join(f"{m} at {b} tokens {100 * v:+.1f} points" for (m, b), v in beyond.items()))
-    winners = [_pruned_frames(run)[0].idxmax() for run in (renumbered, original)]
-    differ = [b for b in winners[0].index if winners[0][b] != winners[1][b]]
-    best = ("Both runs pick the same best method at every budget: "
-            + ", ".join(f"{winners[0][b]} at {b} tokens" for b in winners[0].index) if not differ else
-            "The two runs pick different best methods at "
-            + ", ".join(f"{b} tokens ({winners[0][b]} renumbered, {winners[1][b]} original)" for b in differ))
+    best = _best_sentence(renumbered, original, ("renumbered", "original"))
     paired = positions_intervals(renumbered, original)
     measured = paired.dropna(subset=["se"])
     clear = paired[(paired["low"].round(9) > tolerance) | (paired["high"].round(9) < -tolerance)]
@@ -828,6 +823,94 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
     return {"positions_gap_max": float(cells.abs().max()), "positions_gap_mean": float(cells.mean()),
             "positions_beyond": len(beyond), "positions_cells": int(cells.size), "positions_verdict": verdict,
             "positions_best": best, "positions_clear": len(clear), "positions_intervals": intervals}
+
+
+def _best_sentence(a, b, names: tuple[str, str], runs: str = "runs") -> str:
+    """Whether two runs of the same methods and budgets pick the same best pruned method per budget,
+    as a sentence (``names``: how to call each run where they differ; ``runs``: what they are)."""
+    winners = [_pruned_frames(run)[0].idxmax() for run in (a, b)]
+    differ = [k for k in winners[0].index if winners[0][k] != winners[1][k]]
+    return (f"Both {runs} pick the same best method at every budget: "
+            + ", ".join(f"{winners[0][k]} at {k} tokens" for k in winners[0].index) if not differ else
+            f"The two {runs} pick different best methods at "
+            + ", ".join(f"{k} tokens ({winners[0][k]} {names[0]}, {winners[1][k]} {names[1]})" for k in differ))
+
+
+def pool_runs(*reports) -> dict:
+    """Several runs of the same methods and budgets on different questions (two seeds, say) as one
+    report: per configuration, the runs' per-question ``hits`` joined in the order given and the
+    ``accuracy`` recomputed from them (``questions``: their total). Pooled runs pair up question by
+    question as the runs did, so :func:`positions_figures` of two pooled runs gives the intervals of
+    all their questions. Rows keep ``method``, ``budget``, ``accuracy``, ``questions`` and ``hits``;
+    the report keeps ``positions`` and ``sign`` where every run agrees.
+
+    ``ValueError`` for fewer than two runs, runs of different configurations, or a row without
+    ``hits`` (reports written before runs recorded them)."""
+    if len(reports) < 2:
+        raise ValueError(f"pooling needs at least two runs, got {len(reports)}")
+    keyed = [{(r["method"], int(r["budget"])): r for r in _result_rows(report)} for report in reports]
+    if any(set(rows) != set(keyed[0]) for rows in keyed[1:]):
+        raise ValueError("the runs to pool must cover the same methods and budgets")
+    pooled = []
+    for key in keyed[0]:
+        if not all(rows[key].get("hits") for rows in keyed):
+            raise ValueError(f"{key[0]} at {key[1]} tokens: every run must record per-question hits to be pooled")
+        hits = "".join(rows[key]["hits"] for rows in keyed)
+        scored = hits.replace("-", "")
+        pooled.append({"method": key[0], "budget": key[1], "questions": len(hits), "hits": hits,
+                       "accuracy": round(scored.count("1") / len(scored), 4) if scored else None})
+    report = {"results": pooled}
+    for field in ("positions", "sign"):
+        values = {r.get(field) if isinstance(r, dict) else None for r in reports}
+        if len(values) == 1 and None not in values:
+            report[field] = values.pop()
+    return report
+
+
+def replication_figures(first, second, tolerance: float = 0.02, permutations: int = 20_000) -> dict:
+    """How the renumbering gap of one sample of questions holds on another: ``first`` and ``second``
+    are ``(renumbered, original)`` pairs of runs (:func:`positions_gap`) of the same methods and
+    budgets on different questions. Returns ``replication_cells``, ``replication_rho`` and
+    ``replication_p`` (rank correlation of the cells' gaps across the samples, permutation p:
+    :func:`eadp_lab.studies.rank_correlation`), ``replication_beyond`` (cells beyond ``tolerance``
+    in the second sample), ``replication_both`` (a sentence naming the cells beyond it in both, with
+    each sample's gap), ``replication_reading`` (what the correlation says), ``replication_best``
+    (whether the samples' renumbered runs pick the same best method per budget) and, with ``pooled_``
+    in place of ``positions_``, :func:`positions_figures` of the two samples pooled
+    (:func:`pool_runs`). Either pair ``None``: NaN, 0 and "not measured"."""
+    from .studies import rank_correlation
+
+    keys = ("gap_max", "gap_mean", "beyond", "cells", "verdict", "best", "clear", "intervals")
+    if first is None or second is None:
+        pooled = positions_figures(None, None, tolerance)
+        return {"replication_cells": 0, "replication_rho": float("nan"), "replication_p": float("nan"),
+                "replication_beyond": 0, "replication_both": "not measured", "replication_reading": "not measured",
+                "replication_best": "not measured", **{f"pooled_{k}": pooled[f"positions_{k}"] for k in keys}}
+    gaps = [positions_gap(*pair).stack() for pair in (first, second)]
+    if list(gaps[0].index) != list(gaps[1].index):
+        raise ValueError("the two samples must cover the same methods and budgets")
+    corr = rank_correlation(gaps[0], gaps[1], permutations)
+    beyond = [g.abs().round(9) > tolerance for g in gaps]
+    both = gaps[0].index[beyond[0] & beyond[1]]
+    points = f"{100 * tolerance:g} points"
+    both_text = (f"no cell is beyond {points} in both samples" if both.empty else
+                 f"{len(both)} {'cell is' if len(both) == 1 else 'cells are'} beyond {points} in both samples: "
+                 + ", ".join(
+                     f"{m} at {b} tokens ({100 * gaps[0][(m, b)]:+.1f} and {100 * gaps[1][(m, b)]:+.1f})"
+                     for m, b in both))
+    agree = corr["rho"] > 0 and corr["p"] < 0.05
+    p = "p < 0.001" if corr["p"] < 0.001 else f"p {corr['p']:.3f}"
+    reading = (f"the cells' gaps agree across the two samples (rank correlation {corr['rho']:+.2f}, permutation "
+               f"{p}): how far a cell moves is a property of the model and the method, not of the questions drawn"
+               if agree else
+               f"the cells' gaps do not clearly agree across the two samples (rank correlation {corr['rho']:+.2f}, "
+               f"permutation {p}): at this size they are mostly the noise of the questions drawn")
+    pooled = positions_figures(pool_runs(first[0], second[0]), pool_runs(first[1], second[1]), tolerance)
+    return {"replication_cells": int(gaps[0].size), "replication_rho": corr["rho"], "replication_p": corr["p"],
+            "replication_beyond": int(beyond[1].sum()), "replication_both": both_text,
+            "replication_reading": reading,
+            "replication_best": _best_sentence(first[0], second[0], ("first", "second"), runs="samples"),
+            **{f"pooled_{k}": pooled[f"positions_{k}"] for k in keys}}
 
 
 SPACING = {"nearest": "kept_nearest", "gap_cv": "kept_gap_cv"}  # kept_spacing's figures, as the rows name them

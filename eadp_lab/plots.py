@@ -25,6 +25,7 @@ __all__ = [
     "accuracy_vs_budget",
     "spacing_panels",
     "type_gap_panels",
+    "replication_panel",
 ]
 
 METHOD_ORDER = ["none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
@@ -284,5 +285,35 @@ def type_gap_panels(type_gap, tolerance: float = 0.02):
         ax.set_xlabel("question type")
         ax.set_ylabel("method" if k == 0 else "")
         ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def replication_panel(first, second, tolerance: float = 0.02, labels=("first sample", "second sample")):
+    """The renumbering gap of each method and budget on two samples of questions, one point per
+    cell (x: the first sample, y: the second; points), coloured by method, a marker per budget.
+    On the diagonal a cell moved alike in both; outside the shaded ``-/+ tolerance`` band of an
+    axis it is beyond the tolerance in that sample (the darker square: within it in both). ``first``, ``second``: :func:`eadp_lab.evaluation.positions_gap`
+    of each sample (the same methods and budgets). Returns the figure."""
+    plt = _plt()
+    a, b = (100 * g.stack() for g in (first, second))
+    if list(a.index) != list(b.index):
+        raise ValueError("the two samples must cover the same methods and budgets")
+    methods = list(dict.fromkeys(a.index.get_level_values(0)))
+    budgets = list(dict.fromkeys(a.index.get_level_values(1)))
+    colours, markers = method_colours(methods), {k: "os^Dv"[i % 5] for i, k in enumerate(budgets)}
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    limit = max(float(max(a.abs().max(), b.abs().max())), 100 * tolerance) + 0.5
+    ax.plot([-limit, limit], [-limit, limit], color="0.6", lw=0.8, zorder=0)
+    ax.axvspan(-100 * tolerance, 100 * tolerance, color="0.88", alpha=0.6, lw=0, zorder=0)
+    ax.axhspan(-100 * tolerance, 100 * tolerance, color="0.88", alpha=0.6, lw=0, zorder=0)
+    for (method, budget), x in a.items():
+        ax.scatter(x, b[(method, budget)], color=colours[method], marker=markers[budget], s=36)
+    handles = ([plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in methods]
+               + [plt.Line2D([], [], color="0.3", marker=markers[k], ls="", label=f"{k} tokens") for k in budgets])
+    ax.legend(handles=handles, frameon=False, fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal",
+           xlabel=f"{labels[0]}: renumbered minus original (points)",
+           ylabel=f"{labels[1]}: renumbered minus original (points)")
     fig.tight_layout()
     return fig

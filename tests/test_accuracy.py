@@ -523,6 +523,89 @@ def test_positions_figures_give_paired_intervals_when_the_runs_record_hits():
     assert set(positions_figures(None, None)) == set(got)
 
 
+def test_pool_runs_join_the_hits_and_recompute_the_accuracy():
+    from eadp_lab.evaluation import pool_runs
+
+    def run(hits, positions="renumber", sign=1.0):
+        return {"results": [{"method": m, "budget": b, "accuracy": 0.0, "hits": h}  # accuracy ignored: recomputed
+                            for (m, b), h in hits.items()], "positions": positions, "sign": sign}
+
+    a = run({("none", 256): "1111", ("eadp", 64): "1100"})
+    b = run({("eadp", 64): "10-1", ("none", 256): "0000"}, sign=-1.0)  # another order, another sign
+    got = pool_runs(a, b)
+    assert got["positions"] == "renumber" and "sign" not in got
+    assert [(r["method"], r["budget"], r["hits"], r["questions"]) for r in got["results"]] == [
+        ("none", 256, "11110000", 8), ("eadp", 64, "110010-1", 8)]
+    assert [r["accuracy"] for r in got["results"]] == [0.5, round(4 / 7, 4)]  # "-" is not scored
+    with pytest.raises(ValueError, match="at least two"):
+        pool_runs(a)
+    with pytest.raises(ValueError, match="same methods and budgets"):
+        pool_runs(a, run({("none", 256): "1111"}))
+    with pytest.raises(ValueError, match="eadp at 64 tokens: every run must record"):
+        pool_runs(a, run({("none", 256): "1111", ("eadp", 64): ""}))
+
+
+def _gap_runs(gaps: dict, n: int = 100):
+    """A (renumbered, original) pair of runs on ``n`` questions whose renumbered-minus-original gap
+    per (method, budget) is ``gaps`` (in points: one question each), both at 50% originally."""
+    def row(method, budget, right):  # one question type, so the card's split by type has something to split
+        return {"method": method, "budget": budget, "accuracy": right / n, "questions": n,
+                "hits": "1" * right + "0" * (n - right), "per_type": {"colour": {"accuracy": right / n, "questions": n}}}
+
+    renumbered, original = [row("none", 256, 90)], [row("none", 256, 90)]
+    for (method, budget), gap in gaps.items():
+        renumbered.append(row(method, budget, n // 2 + gap))
+        original.append(row(method, budget, n // 2))
+    return {"results": renumbered, "positions": "renumber"}, {"results": original, "positions": "original"}
+
+
+def test_replication_figures_compare_two_samples_cell_by_cell_and_pool_them():
+    from eadp_lab.evaluation import replication_figures
+
+    cells = [("eadp", 64), ("eadp", 14), ("topk", 64), ("topk", 14), ("cdpruner", 64), ("cdpruner", 14)]
+    first = _gap_runs(dict(zip(cells, [3, 1, -3, 0, 2, -1])))
+    second = _gap_runs(dict(zip(cells, [4, 2, -1, -3, 1, 0])))
+    got = replication_figures(first, second)
+    # ranks 6 4 1 3 5 2 against 6 5 2 1 4 3: sum of squared rank differences 8, rho = 1 - 6 * 8 / (6 * 35)
+    assert got["replication_cells"] == 6 and got["replication_rho"] == pytest.approx(1 - 48 / 210)
+    assert got["replication_p"] > 0.05 and got["replication_reading"].startswith(
+        "the cells' gaps do not clearly agree across the two samples (rank correlation +0.77, permutation p ")
+    assert got["replication_beyond"] == 2  # eadp at 64 (+4) and topk at 14 (-3); exactly 2 does not count
+    assert got["replication_both"] == "1 cell is beyond 2 points in both samples: eadp at 64 tokens (+3.0 and +4.0)"
+    assert got["replication_best"] == "Both samples pick the same best method at every budget: eadp at 64 tokens, " \
+                                      "eadp at 14 tokens"
+    # pooled over 200 questions a cell: the mean of the two gaps; topk at 64 lands on exactly -2
+    assert got["pooled_beyond"] == 1 and got["pooled_gap_max"] == pytest.approx(0.035)
+    assert got["pooled_verdict"].endswith("all positive (renumbered above original): eadp at 64 tokens +3.5 points")
+    assert got["pooled_intervals"].startswith("with 95% intervals of the paired difference (200 questions, ")
+    same = replication_figures(first, first)
+    assert same["replication_rho"] == pytest.approx(1.0) and same["replication_p"] < 0.01
+    assert same["replication_reading"].startswith("the cells' gaps agree across the two samples (rank correlation "
+                                                  "+1.00, permutation p 0.003)")
+    assert same["replication_both"].startswith("2 cells are beyond 2 points in both samples: eadp at 64 tokens")
+    empty = replication_figures(first, None)
+    assert set(empty) == set(got) and empty["replication_both"] == "not measured" and empty["pooled_beyond"] == 0
+    with pytest.raises(ValueError, match="same methods and budgets"):
+        replication_figures(first, _gap_runs(dict(zip(cells[:4], [1, 1, 1, 1]))))
+    # the lab LLaVA's card quotes the same figures under the second sample's gap table, and only with both runs
+    from eadp_lab.labmodels.cards import pruning_section
+
+    meta = {"questions": {"count": 100}, "sign": 1.0}
+    first = tuple({**run, **meta, "seed": 1, "command": f"first {k}"} for k, run in enumerate(first))
+    second = tuple({**run, **meta, "seed": 2, "command": f"second {k}"} for k, run in enumerate(second))
+    card = pruning_section(*first, replicate=second)
+    part = card[card.index("### The same two runs on a second sample of questions"):]
+    assert part.splitlines()[2] == ("`second 0`; `second 1` (100 questions, seed 2). Renumbered minus original "
+                                    "positions (points):")
+    assert "| eadp | +4.0 | +2.0 |" in part and "| topk | -1.0 | -3.0 |" in part
+    assert (f"2 of 6 cells differ by more than 2 points here; {got['replication_both']}. Cell by cell, "
+            f"{got['replication_reading']}. Pooled over both samples, 1 of the 6 cells differ by more than 2 points, "
+            f"{got['pooled_verdict']}; compared question by question, {got['pooled_intervals']}. In the renumbered "
+            f"runs, both samples pick the same best method") in part
+    assert "second sample" not in pruning_section(*first, replicate=(second[0], None))
+    assert "second sample" not in pruning_section(*first)
+
+
 def test_spacing_frame_correlations_and_figures():
     from eadp_lab.evaluation import (positions_type_gap, spacing_correlations, spacing_figures, spacing_frame,
                                      type_gap_figures)

@@ -303,6 +303,16 @@ def test_the_shipped_models_were_trained_with_the_recipes_their_cards_command_ru
         assert report["command"].split() == ["python", "-m", "eadp_lab.labmodels.train", name.removeprefix("lab-")]
 
 
+def test_the_shipped_llava_card_says_what_its_files_say_now():
+    """The card quotes the training record and the accuracy bench's reports in data/results/: written
+    again from them, it must come out as shipped (a new or rerun report means rewriting the card)."""
+    from eadp_lab.labmodels.train import DEFAULT_LLAVA, REPLICATE_RESULTS, llava_card_text
+
+    card = (DEFAULT_LLAVA / "README.md").read_text()
+    assert card == llava_card_text(DEFAULT_LLAVA), "stale card: rewrite it with labmodels.train.write_llava_card"
+    assert f"--json data/results/{REPLICATE_RESULTS[0].name}" in card  # the second sample is quoted
+
+
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for f in (ROOT / "data" / "models").rglob("*") if f.is_file())
     assert total <= 25 * 2**20, f"data/models holds {total / 2**20:.1f} MB"

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from eadp_lab import plots  # noqa: E402
@@ -76,3 +77,18 @@ def test_type_gap_panels_draw_one_heat_map_per_budget_on_one_scale():
     # one scale: both panels run from -12 to +12 points; within 2 points the number is greyed
     assert {tuple(ax.collections[0].get_clim()) for ax in heat} == {(-12.0, 12.0)}
     assert heat[0].texts[0].get_color() == "0.45" and heat[1].texts[1].get_color() != "0.45"
+
+
+def test_replication_panel_puts_one_point_per_cell_at_its_two_gaps():
+    import pandas as pd
+
+    first = pd.DataFrame({64: [0.01, -0.03], 14: [0.025, 0.0]}, index=pd.Index(["eadp", "topk"], name="method"))
+    second = pd.DataFrame({64: [0.02, -0.01], 14: [0.03, -0.005]}, index=first.index)
+    fig = plots.replication_panel(first, second)
+    ax = fig.axes[0]
+    points = sorted(tuple(round(v, 6) for v in c.get_offsets()[0]) for c in ax.collections)
+    assert points == sorted([(1.0, 2.0), (-3.0, -1.0), (2.5, 3.0), (0.0, -0.5)])  # in points
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["eadp", "topk", "64 tokens", "14 tokens"]
+    assert ax.get_xlim() == (-3.5, 3.5) and ax.get_ylim() == (-3.5, 3.5)  # one square scale, largest gap + 0.5
+    with pytest.raises(ValueError, match="same methods and budgets"):
+        plots.replication_panel(first, second.drop(index="topk"))

@@ -57,7 +57,7 @@ from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Q
                           evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
                           markdown_table, max_standard_error, positions_figures, records_spacing, spacing_correlations,
                           spacing_figures, spacing_frame, positions_type_gap, answer_split, type_gap_figures,
-                          LAB_SOURCE, report_questions,
+                          LAB_SOURCE, report_questions, pool_runs, replication_figures,
                           model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
                           results_frame, run_summary, score_hits)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
@@ -67,7 +67,7 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "Questi
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
            "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
            "max_standard_error", "report_questions", "spacing_rows", "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures",
-           "positions_type_gap", "answer_split", "type_gap_figures"]
+           "positions_type_gap", "answer_split", "type_gap_figures", "pool_runs", "replication_figures"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
 # Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).

@@ -248,8 +248,34 @@ def _noise(report: dict) -> str:
             f"independent estimates; the same questions make it smaller) is not a ranking.")
 
 
-def pruning_section(renumbered: dict | None, original: dict | None) -> str:
-    """The card's "under pruning" section from the accuracy bench's two reports (either may be missing)."""
+def _gap_table(gap) -> str:
+    """A renumbered-minus-original frame (:func:`eadp_lab.evaluation.positions_gap`) as a markdown table in points."""
+    lines = ["| method | " + " | ".join(f"@ {b}" for b in gap.columns) + " |",
+             "| --- |" + " ---: |" * len(gap.columns)]
+    return "\n".join(lines + [f"| {m} | " + " | ".join(f"{100 * v:+.1f}" for v in row) + " |"
+                              for m, row in gap.iterrows()])
+
+
+def replication_part(first: tuple, second: tuple) -> list[str]:
+    """The card's lines on a second sample of questions: ``first`` and ``second`` are the
+    ``(renumbered, original)`` reports of two seeds (:func:`eadp_lab.evaluation.replication_figures`)."""
+    from ..evaluation import positions_gap, replication_figures
+
+    f = replication_figures(first, second)
+    commands = "; ".join(f"`{r.get('command', '').strip()}`" for r in second)
+    return ["", "### The same two runs on a second sample of questions", "",
+            f"{commands} ({second[0]['questions']['count']} questions, seed {second[0].get('seed')}). Renumbered "
+            f"minus original positions (points):", "", _gap_table(positions_gap(*second)), "",
+            f"{f['replication_beyond']} of {f['replication_cells']} cells differ by more than 2 points here; "
+            f"{f['replication_both']}. Cell by cell, {f['replication_reading']}. Pooled over both samples, "
+            f"{f['pooled_beyond']} of the {f['pooled_cells']} cells differ by more than 2 points, {f['pooled_verdict']}; compared question "
+            f"by question, {f['pooled_intervals']}. In the renumbered runs, {f['replication_best'][0].lower()}"
+            f"{f['replication_best'][1:]}."]
+
+
+def pruning_section(renumbered: dict | None, original: dict | None, replicate: tuple | None = None) -> str:
+    """The card's "under pruning" section from the accuracy bench's two reports (either may be missing);
+    ``replicate``: the same two runs on other questions, ``(renumbered, original)``, or ``None``."""
     from ..evaluation import (answer_split, markdown_table, positions_figures, positions_gap, positions_type_gap,
                               records_spacing, report_questions, results_frame, spacing_correlations, spacing_figures,
                               spacing_frame, type_gap_figures)
@@ -277,12 +303,9 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
     if renumbered is not None and original is not None:
         gap = positions_gap(renumbered, original)
         worst = gap.abs().stack().idxmax()
-        lines = ["| method | " + " | ".join(f"@ {b}" for b in gap.columns) + " |",
-                 "| --- |" + " ---: |" * len(gap.columns)]
-        lines += [f"| {m} | " + " | ".join(f"{100 * v:+.1f}" for v in row) + " |" for m, row in gap.iterrows()]
         figures = positions_figures(renumbered, original)  # the chapters' figures of the same two runs
         verdict = "met" if figures["positions_beyond"] == 0 else "missed"
-        parts += ["", "### Renumbered minus original positions (points)", "", "\n".join(lines), "",
+        parts += ["", "### Renumbered minus original positions (points)", "", _gap_table(gap), "",
                   f"The largest gap is {100 * gap.loc[worst]:+.1f} points (`{worst[0]}` at {worst[1]} tokens): the "
                   f"target of at most 2 points for every method and budget is {verdict}. Compared question by "
                   f"question, {figures['positions_intervals']}."]
@@ -309,6 +332,8 @@ def pruning_section(renumbered: dict | None, original: dict | None) -> str:
                      f"{kinds['type_gap_split']}." if split is not None else "")
                   + " Chapter 04 draws it per method and budget and discusses what it says about how this model "
                     "reads positions."]
+        if replicate is not None and all(r is not None for r in replicate):
+            parts += replication_part((renumbered, original), replicate)
     return "\n".join(parts) + "\n"
 
 

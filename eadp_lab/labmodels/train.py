@@ -40,6 +40,9 @@ PROBE_RESULTS = ROOT / "data" / "results" / "probe-lab.json"  # python -m eadp_l
 # python -m eadp_lab bench accuracy --json ... (renumbered, then --positions original)
 ACCURACY_RESULTS = (ROOT / "data" / "results" / "accuracy-lab.json",
                     ROOT / "data" / "results" / "accuracy-lab-original-positions.json")
+# the same two runs on a second sample of questions (another seed): does the renumbering gap hold?
+REPLICATE_RESULTS = (ROOT / "data" / "results" / "accuracy-lab-second-sample.json",
+                     ROOT / "data" / "results" / "accuracy-lab-second-sample-original-positions.json")
 MEASURE_SEED = 0  # held-out seed of the model cards' figures (the accuracy bench uses fresh ones)
 
 
@@ -162,16 +165,22 @@ def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
     (folder / "README.md").write_text(clip_card(report, probe, control))
 
 
-def write_llava_card(folder: Path) -> None:
-    """(Re)write the lab LLaVA's ``README.md`` from its ``training.json`` and, for the shipped
-    model, the accuracy bench's reports in ``data/results/`` (renumbered and original positions)."""
+def llava_card_text(folder: Path) -> str:
+    """The lab LLaVA's card, from its ``training.json`` and, for the shipped model, the accuracy
+    bench's reports in ``data/results/`` (renumbered and original positions, on two samples of questions)."""
     from .cards import llava_card, pruning_section
 
     report = json.loads((folder / "training.json").read_text())
     shipped = folder.resolve() == DEFAULT_LLAVA.resolve()
-    runs = [json.loads(p.read_text()) if shipped and p.exists() else None for p in ACCURACY_RESULTS]
-    report["pruning"] = pruning_section(*runs)
-    (folder / "README.md").write_text(llava_card(report))
+    runs, replicate = ([json.loads(p.read_text()) if shipped and p.exists() else None for p in paths]
+                       for paths in (ACCURACY_RESULTS, REPLICATE_RESULTS))
+    report["pruning"] = pruning_section(*runs, replicate=tuple(replicate))
+    return llava_card(report)
+
+
+def write_llava_card(folder: Path) -> None:
+    """(Re)write the lab LLaVA's ``README.md`` (:func:`llava_card_text`)."""
+    (folder / "README.md").write_text(llava_card_text(folder))
 
 
 # Options that say where a run writes, never what it learns: left out of the recorded command.
