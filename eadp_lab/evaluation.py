@@ -35,8 +35,8 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "Question", "QuestionFileError", "
            "LAB_SOURCE", "lab_questions", "report_questions", "file_questions", "named_kept", "first_word", "load", "as_dtype", "to_model", "prompt_for",
            "evaluate", "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "model_id_of",
            "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results", "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
-           "against_best", "long_run_figures", "positions_figures", "pool_runs", "replication_figures", "records_spacing", "spacing_frame",
-           "spacing_correlations", "spacing_figures", "positions_type_gap", "answer_split", "type_gap_figures",
+           "against_best", "long_run_figures", "positions_figures", "pool_runs", "replication_figures",
+           "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures", "positions_type_gap", "answer_split", "type_gap_figures",
            "max_standard_error", "blind_baseline", "against_chance", "answer_kind", "run_summary"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -782,6 +782,12 @@ def long_run_figures(report, method: str = "eadp") -> dict:
     }
 
 
+def _beyond(cells, tolerance: float):
+    """Which gaps (a ``pandas`` Series or frame, fractions) are more than ``tolerance`` in size; a gap of
+    exactly ``tolerance`` is within it (rounded to 9 places, so float noise cannot push it over)."""
+    return cells.abs().round(9) > tolerance
+
+
 def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
     """The figures a chapter quotes of two runs that differ only in ``--positions``
     (:func:`positions_gap`): ``positions_gap_mean``, ``positions_gap_max`` (largest size),
@@ -796,7 +802,7 @@ def positions_figures(renumbered, original, tolerance: float = 0.02) -> dict:
                 "positions_clear": 0, "positions_intervals": "not measured"}
     gap = positions_gap(renumbered, original)
     cells = gap.stack()
-    beyond = cells[cells.abs().round(9) > tolerance]
+    beyond = cells[_beyond(cells, tolerance)]
     sign = ("all negative (renumbered below original)" if (beyond < 0).all() else
             "all positive (renumbered above original)" if (beyond > 0).all() else "of both signs")
     points = f"{100 * tolerance:g} points"
@@ -890,7 +896,7 @@ def replication_figures(first, second, tolerance: float = 0.02, permutations: in
     if list(gaps[0].index) != list(gaps[1].index):
         raise ValueError("the two samples must cover the same methods and budgets")
     corr = rank_correlation(gaps[0], gaps[1], permutations)
-    beyond = [g.abs().round(9) > tolerance for g in gaps]
+    beyond = [_beyond(g, tolerance) for g in gaps]
     both = gaps[0].index[beyond[0] & beyond[1]]
     points = f"{100 * tolerance:g} points"
     both_text = (f"no cell is beyond {points} in both samples" if both.empty else

@@ -293,8 +293,9 @@ def replication_panel(first, second, tolerance: float = 0.02, labels=("first sam
     """The renumbering gap of each method and budget on two samples of questions, one point per
     cell (x: the first sample, y: the second; points), coloured by method, a marker per budget.
     On the diagonal a cell moved alike in both; outside the shaded ``-/+ tolerance`` band of an
-    axis it is beyond the tolerance in that sample (the darker square: within it in both). ``first``, ``second``: :func:`eadp_lab.evaluation.positions_gap`
-    of each sample (the same methods and budgets). Returns the figure."""
+    axis it is beyond the tolerance in that sample (the darker square: within it in both).
+    ``first``, ``second``: :func:`eadp_lab.evaluation.positions_gap` of each sample (the same
+    methods and budgets). Returns the figure."""
     plt = _plt()
     a, b = (100 * g.stack() for g in (first, second))
     if list(a.index) != list(b.index):

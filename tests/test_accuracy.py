@@ -550,7 +550,8 @@ def _gap_runs(gaps: dict, n: int = 100):
     per (method, budget) is ``gaps`` (in points: one question each), both at 50% originally."""
     def row(method, budget, right):  # one question type, so the card's split by type has something to split
         return {"method": method, "budget": budget, "accuracy": right / n, "questions": n,
-                "hits": "1" * right + "0" * (n - right), "per_type": {"colour": {"accuracy": right / n, "questions": n}}}
+                "hits": "1" * right + "0" * (n - right),
+                "per_type": {"colour": {"accuracy": right / n, "questions": n}}}
 
     renumbered, original = [row("none", 256, 90)], [row("none", 256, 90)]
     for (method, budget), gap in gaps.items():

@@ -268,8 +268,8 @@ def replication_part(first: tuple, second: tuple) -> list[str]:
             f"minus original positions (points):", "", _gap_table(positions_gap(*second)), "",
             f"{f['replication_beyond']} of {f['replication_cells']} cells differ by more than 2 points here; "
             f"{f['replication_both']}. Cell by cell, {f['replication_reading']}. Pooled over both samples, "
-            f"{f['pooled_beyond']} of the {f['pooled_cells']} cells differ by more than 2 points, {f['pooled_verdict']}; compared question "
-            f"by question, {f['pooled_intervals']}. In the renumbered runs, {f['replication_best'][0].lower()}"
+            f"{f['pooled_beyond']} of the {f['pooled_cells']} cells differ by more than 2 points, "
+            f"{f['pooled_verdict']}; compared question by question, {f['pooled_intervals']}. In the renumbered runs, {f['replication_best'][0].lower()}"
             f"{f['replication_best'][1:]}."]
 
 
