@@ -313,6 +313,17 @@ def test_the_shipped_llava_card_says_what_its_files_say_now():
     assert f"--json data/results/{REPLICATE_RESULTS[0].name}" in card  # the second sample is quoted
 
 
+def test_the_shipped_clip_cards_say_what_their_files_say_now():
+    """Each lab CLIP's card is written from its training record (timing notes included) and the probe
+    report: written again from them, it must come out as shipped."""
+    from eadp_lab.labmodels.train import DEFAULT_CLIP, DEFAULT_CLIP_GLOBAL, clip_card_text
+
+    for folder in (DEFAULT_CLIP, DEFAULT_CLIP_GLOBAL):
+        card = (folder / "README.md").read_text()
+        assert card == clip_card_text(folder), f"stale card in {folder.name}: rewrite it with labmodels.train.write_clip_card"
+        assert json.loads((folder / "training.json").read_text())["history"]["timing"] in card
+
+
 def test_shipped_models_fit_the_size_budget():
     total = sum(f.stat().st_size for f in (ROOT / "data" / "models").rglob("*") if f.is_file())
     assert total <= 25 * 2**20, f"data/models holds {total / 2**20:.1f} MB"

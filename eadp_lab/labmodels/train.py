@@ -149,9 +149,9 @@ def declare_sign(folder: Path, grounded: dict) -> dict:
     return {"chosen": chosen, "pointing": pointing, "words": grounded["tokens"]}
 
 
-def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
-    """(Re)write a lab CLIP's ``README.md`` from its ``training.json`` (with the probe report and,
-    for the main CLIP, the control's figures when they exist)."""
+def clip_card_text(folder: Path, probe_path: Path | None = None) -> str:
+    """A lab CLIP's card, from its ``training.json`` (with the probe report and, for the main CLIP,
+    the control's figures when they exist)."""
     from .cards import clip_card
 
     report = json.loads((folder / "training.json").read_text())
@@ -162,7 +162,12 @@ def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
     if not report.get("control") and control_json.exists():  # the main CLIP's card shows the control's figures
         control = json.loads(control_json.read_text())
         control = control if "figures" in control else None  # trained but not yet measured
-    (folder / "README.md").write_text(clip_card(report, probe, control))
+    return clip_card(report, probe, control)
+
+
+def write_clip_card(folder: Path, probe_path: Path | None = None) -> None:
+    """(Re)write a lab CLIP's ``README.md``: :func:`clip_card_text`."""
+    (folder / "README.md").write_text(clip_card_text(folder, probe_path))
 
 
 def llava_card_text(folder: Path) -> str:
