@@ -320,7 +320,8 @@ def test_the_shipped_clip_cards_say_what_their_files_say_now():
 
     for folder in (DEFAULT_CLIP, DEFAULT_CLIP_GLOBAL):
         card = (folder / "README.md").read_text()
-        assert card == clip_card_text(folder), f"stale card in {folder.name}: rewrite it with labmodels.train.write_clip_card"
+        stale = f"stale card in {folder.name}: rewrite it with labmodels.train.write_clip_card"
+        assert card == clip_card_text(folder), stale
         assert json.loads((folder / "training.json").read_text())["history"]["timing"] in card
 
 
