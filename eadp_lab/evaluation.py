@@ -862,9 +862,9 @@ def pool_runs(*reports) -> dict:
         if not all(rows[key].get("hits") for rows in keyed):
             raise ValueError(f"{key[0]} at {key[1]} tokens: every run must record per-question hits to be pooled")
         hits = "".join(rows[key]["hits"] for rows in keyed)
-        scored = hits.replace("-", "")
+        scored = [h == "1" for h in hits if h != "-"]  # no question types here: score_hits counts them as "all"
         pooled.append({"method": key[0], "budget": key[1], "questions": len(hits), "hits": hits,
-                       "accuracy": round(scored.count("1") / len(scored), 4) if scored else None})
+                       "accuracy": score_hits([None] * len(scored), scored)["accuracy"]})
     report = {"results": pooled}
     for field in ("positions", "sign"):
         values = {r.get(field) if isinstance(r, dict) else None for r in reports}
