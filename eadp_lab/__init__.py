@@ -8,13 +8,13 @@ from .methods import METHODS, PruneInputs, PruneResult, prune
 
 __version__ = "0.1.0"
 __all__ = ["EADPConfig", "PRESETS", "preset", "METHODS", "PruneInputs", "PruneResult", "prune", "attach",
-           "__version__"]
+           "attached", "__version__"]
 
 
 def __getattr__(name):
     # transformers is imported only when a model is attached
-    if name == "attach":
-        from .models import attach
+    if name in ("attach", "attached"):
+        from . import models
 
-        return attach
+        return getattr(models, name)
     raise AttributeError(f"module 'eadp_lab' has no attribute {name!r}")

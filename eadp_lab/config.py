@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int, check_known, check_real, check_sign, checked_replace
 from .scoring import AGGREGATIONS
 from .select import ALLOCATIONS
 
@@ -43,36 +43,33 @@ class EADPConfig:
     text_positions: str = "content"
 
     def __post_init__(self):
+        """Check every field (type, range, choice): a bad value fails here, naming its field."""
+        check_real("alpha", self.alpha, minimum=0.0, maximum=1.0)  # a weight: 1 is the global score alone
+        check_sign("similarity_sign", self.similarity_sign)
+        check_real("entropy_temperature", self.entropy_temperature, above=0.0)
+        check_real("entropy_keep_ratio", self.entropy_keep_ratio, above=0.0, maximum=1.0)  # k >= 1 token anyway
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        check_real("aggregation_temperature", self.aggregation_temperature, above=0.0)
+        check_int("aggregation_top_k", self.aggregation_top_k, minimum=1)
         check_choice("normalisation", self.normalisation, ("per_row", "per_image"))
+        check_int("smoothing_kernel", self.smoothing_kernel, minimum=1, odd=True)  # 1: no smoothing
+        check_real("smoothing_sigma", self.smoothing_sigma, above=0.0)
         check_choice("on_grid_mismatch", self.on_grid_mismatch, ("error", "skip"))
+        check_real("beta", self.beta, above=0.0)  # inf would make every importance 0 (or 1)
         check_choice("selection", self.selection, ("facility_location", "topk"))
         check_choice("allocation", self.allocation, ALLOCATIONS)
         check_choice("text_positions", self.text_positions, ("content", "all"))
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not 0.0 < self.entropy_keep_ratio <= 1.0:
-            raise ValueError(f"entropy_keep_ratio must be in (0, 1], got {self.entropy_keep_ratio}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.entropy_temperature <= 0 or self.aggregation_temperature <= 0:
-            raise ValueError("entropy_temperature and aggregation_temperature must be > 0")
-        if self.smoothing_kernel < 1 or self.smoothing_kernel % 2 == 0:
-            raise ValueError(f"smoothing_kernel must be a positive odd integer, got {self.smoothing_kernel}")
 
     def replace(self, **changes) -> "EADPConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (names and values validated again)."""
+        return checked_replace(self, "eadp", changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "EADPConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown EADP settings: {sorted(unknown)}")
+        check_known("eadp", data, [f.name for f in dataclasses.fields(cls)])
         return cls(**data)
 
 

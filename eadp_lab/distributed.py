@@ -26,6 +26,16 @@ How ``accelerate launch`` (1.15) behaves on a CPU-only machine, checked here:
   file, ``accelerate launch`` warns that it used those defaults (it does not prompt).
   Pass ``--main_process_port`` to run two launches side by side (default 29500).
 
+How a launched demo ends (:func:`teardown`, :func:`exit_now`): a barrier, then
+``destroy_process_group``, then ``os._exit`` once stdout and stderr are flushed (the JSON is
+already written, atomically). ``destroy_process_group`` does not stop gloo: its worker threads
+(``pt_gloo_runloop``) and its TCP loop stay alive until the process ends. A worker that drops
+the last reference to a finished collective's Python-made tensors (``all_gather_object``'s)
+after the interpreter has begun shutting down takes the GIL, is ended by ``pthread_exit``, and
+the C++ unwind aborts the process: ``terminate called without an active exception`` (a
+scheduling race, seen once in CI). Ending with ``os._exit`` skips the interpreter's shutdown,
+so that race cannot happen.
+
 The efficiency bench (:mod:`eadp_lab.bench.efficiency`) does not use this: timings must not
 compete for cores.
 """
@@ -37,9 +47,10 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from ._io import write_json
+from ._io import OutputPathError, check_output, save_json
 
-__all__ = ["process_state", "single_process_warning", "shard_map", "demo_items", "demo", "main"]
+__all__ = ["process_state", "single_process_warning", "shard_map", "demo_items", "demo", "teardown", "exit_now",
+           "main"]
 
 
 def process_state():
@@ -156,7 +167,29 @@ def demo(items: int, method: str = "eadp", max_new_tokens: int = 8) -> list[dict
     return shard_map(partial(demo_one, method=method, max_new_tokens=max_new_tokens), demo_items(items))
 
 
-def main(argv=None) -> int:
+def teardown(state) -> None:
+    """End a launched run together: a barrier (every process has finished, the main one has written
+    its output), then ``destroy_process_group``. Nothing to do in a single process."""
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
+def exit_now(code: int = 0) -> None:
+    """Flush stdout and stderr, then end the process with ``code`` at once (``os._exit``): the
+    interpreter's shutdown, where a gloo worker thread still alive could abort the process, is
+    skipped (see the module docstring)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def main(argv=None, *, hard_exit: bool = False) -> int:
+    """The demo command. ``hard_exit`` (the command line's): a launched process (more than one)
+    ends with :func:`exit_now` after :func:`teardown`, instead of returning."""
+    from ._checks import check_choice, cli_int
+    from .methods import METHODS
+
     parser = argparse.ArgumentParser(prog="python -m eadp_lab.distributed",
                                      description="Sharded evaluation demo: the tiny LLaVA prunes and answers "
                                                  "N hand-made samples, split between the launched processes.")
@@ -165,10 +198,17 @@ def main(argv=None) -> int:
     p.add_argument("--items", type=int, default=6, help="samples (default: %(default)s)")
     p.add_argument("--method", default="eadp", help="pruning method (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per answer (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=cli_int(1), default=1,
                    help="torch threads per process (default: %(default)s; the same count gives identical answers)")
-    p.add_argument("--json", help="write the gathered results here (main process, atomically)")
+    p.add_argument("--json", help="write the gathered results here (main process, atomically; checked first)")
     args = parser.parse_args(argv)
+    try:  # before the processes form a group: every one of them stops here alike
+        check_choice("method", args.method, METHODS)
+        demo_items(args.items)
+        if args.json:
+            check_output(args.json, "--json")
+    except ValueError as exc:  # OutputPathError included
+        parser.error(str(exc))
     warning = single_process_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -176,10 +216,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     state = process_state()
-    try:
-        results = demo(args.items, args.method, args.max_new_tokens)
-    except ValueError as exc:
-        parser.error(str(exc))
+    results = demo(args.items, args.method, args.max_new_tokens)
+    code = 0
     if state.is_main_process:
         payload = dict(num_processes=state.num_processes, distributed_type=str(state.distributed_type),
                        items=args.items, method=args.method, max_new_tokens=args.max_new_tokens,
@@ -188,12 +226,16 @@ def main(argv=None) -> int:
             print(f"item {r['item']:>3} (process {r['process']}): budget {r['budget']:>3} kept {r['kept']:>3} "
                   f"answer {r['answer']}")
         if args.json:
-            write_json(args.json, payload, indent=2)
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        state.destroy_process_group()
-    return 0
+            try:
+                save_json(args.json, payload, indent=2)
+            except OutputPathError as exc:  # the results are in the fallback file it names
+                print(f"error: {exc}", file=sys.stderr)
+                code = 1
+    teardown(state)
+    if hard_exit and state.num_processes > 1:
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(hard_exit=True))

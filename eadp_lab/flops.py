@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._checks import check_budget, check_choice
+from .paths import CONFIGS
 
 __all__ = [
     "CONFIGS_DIR",
@@ -46,7 +47,7 @@ __all__ = [
     "main",
 ]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "data" / "configs"
+CONFIGS_DIR = CONFIGS  # data/configs in a clone, the package data when installed (eadp_lab.paths)
 
 # Visual tokens of one "full" input per shipped config (folder name -> tokens), the column
 # the table starts from. LLaVA-1.5: one 24x24 grid. LLaVA-NeXT: 5 AnyRes crops x 576, the

@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 
 from ._io import write_json
+from .paths import NOTEBOOKS
 
 __all__ = ["main", "CHAPTERS", "plan"]
 
-ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = tuple(sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+# The chapters are in a clone's notebooks/ (a wheel does not carry them: pass --notebooks).
+CHAPTERS = () if NOTEBOOKS is None else tuple(sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
 REAL = {"model": "llava-hf/llava-1.5-7b-hf", "clip": "openai/clip-vit-large-patch14-336"}
 
 
@@ -75,14 +76,14 @@ def _step(summary: dict, name: str, fn) -> None:
     print(f"{name}: {summary[name]['status']} ({summary[name]['seconds']} s)", file=sys.stderr)
 
 
-def _chapter(name: str, setup: dict, out: Path, questions: int) -> None:
+def _chapter(name: str, setup: dict, out: Path, questions: int, notebooks: Path) -> None:
     import papermill
 
     params = {"model": setup["model"], "clip": setup["clip"], "device": setup["device"], "dtype": setup["dtype"]}
     if name.startswith("04"):
         params.update(question_file=setup["question_file"], image_folder=setup["image_folder"], questions=questions)
-    papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out / "notebooks" / f"{name}.ipynb"),
-                               parameters=params, cwd=str(ROOT / "notebooks"), progress_bar=False,
+    papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(out / "notebooks" / f"{name}.ipynb"),
+                               parameters=params, cwd=str(notebooks), progress_bar=False,
                                kernel_name="python3")
 
 
@@ -100,14 +101,20 @@ def main(argv=None) -> int:
     parser.add_argument("--questions", type=int, default=8, help="questions of the file the benches use")
     parser.add_argument("--budgets", default="64,128,192", help="budgets of the accuracy bench")
     parser.add_argument("--chapters", default=",".join(CHAPTERS), help="comma-separated (default: every chapter)")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS,
+                        help="folder of the chapters (default: the clone's notebooks/)")
     args = parser.parse_args(argv)
+    if args.notebooks is None:
+        parser.error("the chapters are not in an installed package: pass --notebooks DIR (a clone's notebooks/)")
+    chapters = ([c for c in args.chapters.split(",") if c] if args.chapters else
+                sorted(p.stem for p in args.notebooks.glob("[0-9][0-9]_*.ipynb")))
     out = Path(args.out)
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     setup = plan(args)
     summary = {"setup": setup, "steps": {}}
     steps = summary["steps"]
-    for name in [c for c in args.chapters.split(",") if c]:
-        _step(steps, f"chapter {name}", lambda name=name: _chapter(name, setup, out, args.questions))
+    for name in chapters:
+        _step(steps, f"chapter {name}", lambda name=name: _chapter(name, setup, out, args.questions, args.notebooks))
     from .bench import accuracy, efficiency
 
     common = ["--model", setup["model"], "--device", setup["device"], "--dtype", setup["dtype"]]

@@ -35,6 +35,8 @@ from . import scoring
 from ._checks import check_budget, check_choice
 from ._quiet import quiet_transformers
 from .evaluation import LAB_CLIP, LAB_LLAVA, as_dtype, load, prompt_for, to_model
+from ._checks import checked_replace
+from .paths import lab_model
 from .methods import METHODS, PruneInputs, PruneResult, prune
 from .methods.settings import ABLATIONS, clip_similarity_sign, method_names, method_settings
 
@@ -168,9 +170,7 @@ class Lab:
         device = torch.device(device)
         dtype = as_dtype(dtype, device)
         is_lab = model == LAB or (isinstance(model, (str, Path)) and Path(model).resolve() == LAB_LLAVA.resolve())
-        path = LAB_LLAVA if is_lab else model
-        if is_lab and not (LAB_LLAVA / "config.json").exists():
-            raise FileNotFoundError(f"the lab LLaVA is not in {LAB_LLAVA} (train it: python -m eadp_lab.labmodels.train)")
+        path = lab_model("lab-llava") if is_lab else model  # DataError naming the folder if it is missing
         if clip == "auto":
             clip = LAB_CLIP if is_lab else None
         vlm, processor, clip_model, clip_tokenizer = _quietly(load, path, clip, dtype=dtype, device=device)
@@ -224,11 +224,7 @@ class Lab:
                 return registry, defaults
             if defaults is None or not dataclasses.is_dataclass(defaults):
                 raise ValueError(f"method {method!r} takes no settings, got {sorted(settings)}")
-            known = {f.name for f in dataclasses.fields(defaults)}
-            unknown = sorted(set(settings) - known)
-            if unknown:
-                raise ValueError(f"unknown settings for {method!r}: {unknown}; known: {sorted(known)}")
-            return registry, dataclasses.replace(defaults, **settings)
+            return registry, checked_replace(defaults, method, settings)
         expected = METHODS[registry].settings
         if not isinstance(settings, expected):
             raise ValueError(f"settings for {method!r} must be a {expected.__name__} or a dict, "

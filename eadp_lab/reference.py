@@ -4,8 +4,12 @@
     python -m eadp_lab.reference check SETTINGS.json CASE.safetensors
 
 A case is a pair: ``NAME.json`` (settings) and ``NAME.safetensors`` (inputs, and the expected
-outputs beside them). ``run`` reads only the inputs and the settings and writes the outputs;
-``check`` runs a case and lists what differs beyond the tolerances. The JSON's ``track`` picks
+outputs beside them). ``run`` reads only the inputs and the settings and writes the outputs
+(atomically: a uniquely named temporary file beside ``OUT``, then ``os.replace``; ``OUT`` is
+checked before the case runs); ``check`` runs a case and lists what differs beyond the
+tolerances. A file the command cannot use (settings that are not a JSON object, inputs that
+are not safetensors, a case it cannot run, an output it cannot write) is a one-line error
+naming it (exit code 2). The JSON's ``track`` picks
 the method (shapes: ``R`` rows, i.e. images or the crops of one image, ``N`` tokens per row,
 ``D`` feature width, ``C`` CLIP width, ``M`` text queries, ``L`` text positions, ``T`` picks):
 
@@ -37,8 +41,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import importlib
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,10 +57,54 @@ from .methods.base import precision_dtype
 from .methods.cdpruner import CDPrunerSettings
 from .methods.divprune import DivPruneSettings, image_max_min_diversity
 
-__all__ = ["config_from_settings", "run_case", "compare_case", "INPUT_NAMES", "TRACKS"]
+__all__ = ["config_from_settings", "run_case", "compare_case", "read_settings", "read_tensors", "save_tensors",
+           "CaseFileError", "INPUT_NAMES", "TRACKS", "Track", "register_track", "tracks", "track_of"]
 
 INPUT_NAMES = ("image_embeds", "image_features", "text_embeds", "text_embeds_seq")
-TRACKS = ("llava", "qwen_llm_space", "divprune", "cdpruner")
+TRACKS = ("llava", "qwen_llm_space", "divprune", "cdpruner")  # the tracks this module runs itself
+
+
+@dataclass(frozen=True)
+class Track:
+    """A track another module runs: ``run(settings, inputs) -> outputs`` (dicts of tensors), the names of its
+    ``inputs`` (every other tensor of a case is an expected output), and ``as_sets``: outputs compared row by
+    row as sets (an order the published code leaves to CPython's set iteration)."""
+
+    run: Callable[[dict, dict], dict]
+    inputs: tuple[str, ...]
+    as_sets: tuple[str, ...] = ()
+
+
+_REGISTERED: dict[str, Track] = {}
+# Modules that register tracks of the methods beyond EADP and its selection baselines (imported on first use).
+_TRACK_MODULES = ("eadp_lab.reference_vision", "eadp_lab.reference_llm")
+
+
+def register_track(name: str, inputs: tuple[str, ...], as_sets: tuple[str, ...] = ()):
+    """Decorator: ``run(settings, inputs)`` becomes the runner of track ``name`` (see :class:`Track`)."""
+    def decorator(run):
+        if name in TRACKS or name in _REGISTERED:
+            raise ValueError(f"track {name!r} is already registered")
+        _REGISTERED[name] = Track(run, tuple(inputs), tuple(as_sets))
+        return run
+    return decorator
+
+
+def tracks() -> dict[str, Track | None]:
+    """Every known track: this module's own (``None``) and the registered ones (their :class:`Track`)."""
+    for module in _TRACK_MODULES:
+        importlib.import_module(module)
+    return {**dict.fromkeys(TRACKS), **_REGISTERED}
+
+
+def track_of(settings: dict) -> Track | None:
+    """The registered :class:`Track` of a case's settings (``None`` for this module's own tracks);
+    ``ValueError`` for an unknown track."""
+    known = tracks()
+    name = settings.get("track", "llava")
+    if name not in known:
+        raise ValueError(f"unknown track {name!r}; known: {list(known)}")
+    return known[name]
 
 # The baseline tracks' settings: what they set, and what only describes the case.
 _BASELINE_KEYS = {
@@ -164,8 +217,10 @@ def _run_cdpruner(settings: dict, tensors: dict) -> dict[str, torch.Tensor]:
 def run_case(settings: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Outputs of one case from its settings and input tensors (other tensors are ignored)."""
     track = settings.get("track", "llava")
-    if track not in TRACKS:
-        raise ValueError(f"unknown track {track!r}; known: {list(TRACKS)}")
+    registered = track_of(settings)
+    if registered is not None:
+        _require(tensors, registered.inputs)
+        return registered.run(settings, {k: v for k, v in tensors.items() if k in registered.inputs})
     if track == "divprune":
         return _run_divprune(settings, tensors)
     if track == "cdpruner":
@@ -197,12 +252,22 @@ def run_case(settings: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], atol: float = 1e-5) -> list[str]:
-    """Differences beyond the tolerances (an empty list when the case is reproduced)."""
+def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], atol: float = 1e-5,
+                 track: Track | None = None) -> list[str]:
+    """Differences beyond the tolerances (an empty list when the case is reproduced). ``track``: a registered
+    track's inputs are skipped and its ``as_sets`` outputs compared row by row as sets."""
     problems = []
     quotas = expected.get("token_quotas")
+    inputs = INPUT_NAMES if track is None else track.inputs
     for name, want in expected.items():
-        if name in INPUT_NAMES:
+        if name in inputs:
+            continue
+        if track is not None and name in track.as_sets and name in got:
+            have = got[name]
+            if have.shape != want.shape or any(set(a.tolist()) != set(b.tolist())
+                                               for a, b in zip(have.reshape(len(have), -1),
+                                                               want.reshape(len(want), -1))):
+                problems.append(f"{name}: differs as sets")
             continue
         if name not in got:
             problems.append(f"{name}: not produced")
@@ -227,8 +292,67 @@ def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
     return problems
 
 
+class CaseFileError(ValueError):
+    """A case's file the command cannot use: the message names it (one line)."""
+
+
+def _reason(exc: OSError) -> str:
+    """Why a file could not be read, without its path (the message names it once)."""
+    return "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc)).split(":")[0]
+
+
+def read_settings(path: Path) -> dict:
+    """A case's JSON settings (an object); :class:`CaseFileError` naming ``path`` otherwise."""
+    try:
+        settings = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise CaseFileError(f"cannot read the settings {path} ({_reason(exc)})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CaseFileError(f"the settings {path} are not JSON ({exc})") from None
+    if not isinstance(settings, dict):
+        raise CaseFileError(f"the settings {path} must be a JSON object, got a {type(settings).__name__}")
+    return settings
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; :class:`CaseFileError` naming ``path`` otherwise."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except OSError as exc:
+        raise CaseFileError(f"cannot read the tensors {path} ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 (safetensors' own error type for a file that is not one)
+        raise CaseFileError(f"{path} is not a safetensors file ({exc})") from None
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` to ``path`` atomically: a uniquely named temporary file beside it, then ``os.replace``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_file(settings: dict, tensors: dict[str, torch.Tensor], settings_path: Path) -> dict[str, torch.Tensor]:
+    """:func:`run_case` on the case's inputs; a case it cannot run is a :class:`CaseFileError` naming its settings."""
+    try:
+        track = track_of(settings)
+        inputs = INPUT_NAMES if track is None else track.inputs
+        return run_case(settings, {k: v for k, v in tensors.items() if k in inputs})
+    except ValueError as exc:
+        raise CaseFileError(f"{settings_path}: {exc}") from None
+
+
 def main(argv=None) -> int:
-    from safetensors.torch import load_file, save_file
+    from ._io import OutputPathError, check_output
 
     parser = argparse.ArgumentParser(prog="python -m eadp_lab.reference", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,19 +364,22 @@ def main(argv=None) -> int:
     check.add_argument("settings", type=Path)
     check.add_argument("case", type=Path)
     args = parser.parse_args(argv)
-
-    settings = json.loads(args.settings.read_text())
+    try:
+        if args.command == "run":
+            check_output(args.out, "output")
+        settings = read_settings(args.settings)
+        tensors = read_tensors(args.inputs if args.command == "run" else args.case)
+        out = _run_file(settings, tensors, args.settings)
+        if args.command == "run":
+            save_tensors(args.out, out)
+    except (CaseFileError, OutputPathError) as exc:
+        parser.error(str(exc))
+    except OSError as exc:  # the checked output path failed at the end (the disk filled up, the folder went away)
+        parser.error(f"could not write the outputs to {args.out} ({exc.strerror or exc})")
     if args.command == "run":
-        tensors = {k: v for k, v in load_file(args.inputs).items() if k in INPUT_NAMES}
-        out = run_case(settings, tensors)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        save_file(out, tmp)
-        tmp.replace(args.out)
         print(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in out.items())} to {args.out}")
         return 0
-    expected = load_file(args.case)
-    problems = compare_case(expected, run_case(settings, {k: v for k, v in expected.items() if k in INPUT_NAMES}))
+    problems = compare_case(tensors, out, track=track_of(settings))
     print("reproduced" if not problems else "\n".join(problems))
     return 1 if problems else 0
 

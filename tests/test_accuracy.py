@@ -153,7 +153,8 @@ def test_question_file_in_llava_eval_format(tmp_path):
         for qid, (question, a) in by_id.items():
             assert isinstance(qid, int)
             assert set(a) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
-            assert a["prompt"] == question["text"] and a["model_id"] == "lab-llava" and a["metadata"] == {}
+            assert a["prompt"] == question["text"] and a["model_id"] == "lab-llava"
+            assert set(a["metadata"]) == {"run", "question"}  # what produced it (the .run.json record beside it)
             assert isinstance(a["answer_id"], str) and len(a["answer_id"]) == 22
             ids.add(a["answer_id"])
         scored = [A.first_word(a["text"]) == A.first_word(q["answer"]) for q, a in by_id.values() if "answer" in q]
@@ -298,10 +299,10 @@ def test_results_for_keeps_the_loaded_models_reports(tmp_path):
     (folder / "accuracy-lab.json").write_text(json.dumps({"results": rows, "model": str(LAB_LLAVA)}))
     (folder / "accuracy-old.json").write_text(json.dumps({"results": rows}))  # no model: the lab LLaVA's
     (folder / "accuracy-llava.json").write_text(json.dumps({"results": rows, "model": "llava-hf/llava-1.5-7b-hf"}))
-    mine, other = results_for("lab", root=tmp_path)
+    mine, other = results_for("lab", root=folder)
     assert [p.name for p, _ in mine] == ["accuracy-lab.json", "accuracy-old.json"]
     assert [p.name for p in other] == ["accuracy-llava.json"]
-    mine, other = results_for("llava-hf/llava-1.5-7b-hf", root=tmp_path)
+    mine, other = results_for("llava-hf/llava-1.5-7b-hf", root=folder)
     assert [p.name for p, _ in mine] == ["accuracy-llava.json"] and len(other) == 2
 
 

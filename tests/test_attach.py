@@ -1,5 +1,7 @@
 """attach() on tiny random models of every supported class (no download)."""
 
+import math
+
 import pytest
 import torch
 
@@ -270,10 +272,42 @@ def test_unsupported_model_class():
         attach(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in T.LLAMA.items() if k != "model_type"})))
 
 
-@pytest.mark.parametrize("budget", [0, -3, 1.5, "64", True])
+@pytest.mark.parametrize("budget", [0, -3, 1.5, 3.5, 64.0, "64", True, None, math.nan, math.inf, -math.inf, 0.0, -0.5])
 def test_bad_budget(budget):
-    with pytest.raises(ValueError, match="budget"):
+    with pytest.raises(ValueError, match=r"^budget must be an integer >= 1 .* or a fraction in \(0, 1\], got ") as e:
         attach(T.llava(), budget=budget)
+    assert repr(budget) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("budget", [1, 64, 10**6, 0.25, 1.0])
+def test_good_budget(budget):
+    attach(T.llava(), budget=budget).remove()
+
+
+BAD_ATTACH = {
+    "settings of another method": (dict(method="random", settings=preset("llava-1.5")), r"settings for 'random'"),
+    "settings of another method per modality": (dict(settings={"image": preset("paper"), "video": None},
+                                                     method="topk"), r"settings for 'topk'"),
+    "a settings dict that is not per modality": (dict(settings={"alpha": 0.3}), r"'alpha'.*'image'.*'video'"),
+    "an unknown override": (dict(alpah=0.3), r"unknown eadp setting 'alpah'.*known: .*'alpha'"),
+    "an override of a method without settings": (dict(method="pool", scope="per_row"), r"unknown pool setting 'scope'"),
+    "a string alpha": (dict(alpha="0.5"), r"^alpha must be a real number in \[0, 1\], got '0.5'"),
+    "an infinite beta": (dict(beta=math.inf), r"^beta must be a finite real number > 0, got inf"),
+    "a zero sign": (dict(method="topk", similarity_sign=0), r"^similarity_sign must be -1 or 1, got 0"),
+    "an unknown method": (dict(method="fastv"), r"^method must be one of .*got 'fastv'"),
+    "no history": (dict(keep_history=0), r"^keep_history must be an integer >= 1, got 0"),
+    "unknown text positions": (dict(text_positions="some"), r"^text_positions must be one of"),
+}
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_ATTACH.values(), ids=BAD_ATTACH.keys())
+def test_bad_arguments_are_refused_when_attaching(kwargs, match):
+    model = T.llava()
+    state = patched_state(model)
+    with pytest.raises(ValueError, match=match) as error:
+        attach(model, tokenizer=T.tokenizer(), **kwargs)
+    assert "\n" not in str(error.value)
+    assert patched_state(model) == state  # nothing left behind
 
 
 def test_clip_scorer_must_match_the_vision_tower():
@@ -362,3 +396,98 @@ def test_baselines_follow_their_authors_multicrop_rule_on_anyres_images(video):
         picked = {int(idx[i]) for idx, mask in zip(it.layout.rows, it.result.keep_mask) for i in mask.nonzero()[:, 0]}
         lines = {k for k, line in it.layout.newlines if any(int(i) in picked for i in line)}
         assert kept == picked | lines
+
+
+# ---------------------------------------------------------------- attaching twice, removing in any order
+
+
+def patched_state(model):
+    """What attach may patch, per module: its own attributes (a wrapped ``get_*_features`` is one)
+    with any callable among them, and the keys of every hook dict."""
+    state = {}
+    for name, module in model.named_modules():
+        own = {}
+        for key, value in vars(module).items():
+            if isinstance(value, dict) and "hook" in key:
+                own[key] = list(value)
+            else:
+                own[key] = value if callable(value) and not isinstance(value, torch.nn.Module) else None
+        state[name] = own
+    return state
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def assert_untouched(model, inputs, state, clean):
+    """The model holds no trace of a pruner: same attributes and hooks, bit-identical logits."""
+    assert patched_state(model) == state
+    assert torch.equal(logits(model, inputs), clean)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_a_second_attach_is_refused_and_the_first_pruner_keeps_working(family):
+    model, inputs = build(family, False)
+    clean = logits(model, inputs)  # first: transformers installs its output-capturing hooks on a first call
+    state = patched_state(model)
+    pruner = attach(model, "eadp", budget=4, tokenizer=T.tokenizer())
+    with torch.no_grad():
+        alone = model.generate(**inputs, **GEN)
+    with pytest.raises(RuntimeError, match=r"already attached.*\.remove\(\)") as error:
+        attach(model, "eadp", budget=4, tokenizer=T.tokenizer())  # a notebook cell run twice
+    assert "\n" not in str(error.value)
+    with torch.no_grad():
+        assert torch.equal(model.generate(**inputs, **GEN), alone)  # no second pruner stacked
+    pruner.remove()
+    assert_untouched(model, inputs, state, clean)
+
+
+def test_remove_in_every_order_leaves_the_model_as_it_was():
+    model, inputs = build("llava", False)
+    clean = logits(model, inputs)  # first: transformers installs its output-capturing hooks on a first call
+    state = patched_state(model)
+    pruner = attach(model, "eadp", budget=4, tokenizer=T.tokenizer())
+    pruner.remove()
+    pruner.remove()  # twice: harmless
+    assert_untouched(model, inputs, state, clean)
+    with pytest.raises(ValueError):
+        attach(model, "eadp", budget=4, alpha=2.0)  # a failed attach leaves nothing behind
+    assert_untouched(model, inputs, state, clean)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as again:  # a new attach after remove works
+        model(**inputs)
+        assert again.last.length_after < again.last.length_before
+    again.remove()  # after its with block: harmless
+    pruner.remove()  # a stale pruner never touches a later one
+    assert_untouched(model, inputs, state, clean)
+
+
+def test_a_failed_attach_while_one_is_live_leaves_the_live_one_alone():
+    model, inputs = build("llava", False)
+    clean = logits(model, inputs)  # first: transformers installs its output-capturing hooks on a first call
+    state = patched_state(model)
+    with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
+        live = patched_state(model)
+        with pytest.raises(RuntimeError, match="already attached"):
+            attach(model, "topk", budget=4)
+        assert patched_state(model) == live
+        model(**inputs)
+        assert pruner.last.length_after < pruner.last.length_before
+    assert_untouched(model, inputs, state, clean)
+
+
+def test_errors_inside_with_attach_propagate_unchanged():
+    model, inputs = build("llava", False)
+    clean = logits(model, inputs)  # first: transformers installs its output-capturing hooks on a first call
+    state = patched_state(model)
+    with pytest.raises(KeyError, match="mine"):
+        with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()):
+            raise KeyError("mine")
+    assert_untouched(model, inputs, state, clean)
+    with pytest.raises(RuntimeError, match="already attached") as error:  # nested: the inner attach's error
+        with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()):
+            with attach(model, "eadp", budget=8, tokenizer=T.tokenizer()):
+                pass
+    assert not isinstance(error.value.__context__, AttributeError)
+    assert_untouched(model, inputs, state, clean)

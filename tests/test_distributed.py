@@ -72,3 +72,61 @@ def test_two_cpu_processes_match_one(tmp_path):
     assert [r["item"] for r in launched] == list(range(6))
     assert [r["kept"] for r in launched] == [192, 128, 64, 192, 128, 64]
     assert all(len(r["answer"]) == 8 for r in launched)
+
+
+class _FakeState:
+    """Two launched processes, seen from the main one: records the teardown calls in ``log``."""
+
+    num_processes, process_index, is_main_process, distributed_type = 2, 0, True, "DistributedType.MULTI_CPU"
+
+    def __init__(self, log):
+        self.log = log
+
+    def wait_for_everyone(self):
+        self.log.append("barrier")
+
+    def destroy_process_group(self):
+        self.log.append("destroy")
+
+
+class _Exited(Exception):
+    pass
+
+
+def test_a_launched_demo_ends_with_barrier_destroy_then_os_exit(tmp_path, monkeypatch, capsys):
+    """The exit path is fixed: results written, a barrier, destroy_process_group, flushed output, then
+    os._exit, so no gloo thread can meet the interpreter's shutdown (the CI abort)."""
+    log = []
+    out = tmp_path / "demo.json"
+    monkeypatch.setattr(distributed, "process_state", lambda: _FakeState(log))
+    monkeypatch.setattr(distributed, "demo", lambda *a: [dict(item=0, process=0, budget=64, kept=64, answer=[1])])
+
+    def fake_exit(code):
+        log.append(("exit", code, out.exists()))
+        raise _Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(_Exited):
+        distributed.main(["demo", "--items", "1", "--json", str(out)], hard_exit=True)
+    assert log == ["barrier", "destroy", ("exit", 0, True)]
+    assert "item   0 (process 0)" in capsys.readouterr().out
+    log.clear()
+    assert distributed.main(["demo", "--items", "1"]) == 0  # called as a function: it returns
+    assert log == ["barrier", "destroy"]
+
+
+@pytest.mark.parametrize("argv, message", [(["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+                                           (["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
+                                           (["--items", "0"], "items"), (["--method", "fastv"], "method")])
+def test_bad_arguments_stop_every_process_before_the_group_forms(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(distributed, "process_state", lambda: pytest.fail("the process group was formed"))
+    with pytest.raises(SystemExit) as exc:
+        distributed.main(["demo", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_stops_before_the_group_forms(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(distributed, "process_state", lambda: pytest.fail("the process group was formed"))
+    with pytest.raises(SystemExit) as exc:
+        distributed.main(["demo", "--json", str(tmp_path)])
+    assert exc.value.code == 2 and str(tmp_path) in capsys.readouterr().err

@@ -232,3 +232,70 @@ def test_bench_registry_runs_flops_and_refuses_unknown_names(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["nope"])
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the command's --json and --seed, before any work
+
+FAKE_RESULT = {"settings": {"model": "fake"}, "rows": [{"method": "none"}]}
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """The bench's model loader fails the test if it is reached; ``run`` is never reached either."""
+    monkeypatch.setattr(eff, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(eff, "run", lambda *a, **k: pytest.fail("the bench ran"))
+
+
+@pytest.mark.parametrize("argv, message", [(["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+                                           (["--seed", "x"], "argument --seed: must be an integer >= 0, got 'x'")])
+def test_cli_refuses_a_negative_seed_before_loading(capsys, no_model, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        eff.main(["--model", "tiny-llava", *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_checks_the_json_path_before_loading(tmp_path, capsys, no_model):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out in (tmp_path, blocker / "out.json"):  # a folder; under a file
+        with pytest.raises(SystemExit) as exc:
+            eff.main(["--model", "tiny-llava", "--json", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and str(out) in err and "--json" in err
+
+
+def test_cli_makes_the_json_folder_before_the_run_and_writes_through_io(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "missing" / "dir" / "out.json"
+
+    def fake_run(*args, **kwargs):
+        assert out.parent.is_dir()  # checked (made) before any work
+        return FAKE_RESULT
+
+    monkeypatch.setattr(eff, "run", fake_run)
+    monkeypatch.setattr(eff, "format_table", lambda result: "table")
+    assert eff.main(["--model", "tiny-llava", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == FAKE_RESULT and os.listdir(out.parent) == ["out.json"]
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_cli_a_failed_final_write_says_where_the_results_are(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    import eadp_lab._io as io
+
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(eff, "run", lambda *a, **k: FAKE_RESULT)
+    monkeypatch.setattr(eff, "format_table", lambda result: "table")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "write_json", full_disk)  # the write at the end fails (the path was fine before)
+    assert eff.main(["--model", "tiny-llava", "--json", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "No space left" in err
+    fallback = err.rsplit(" ", 1)[-1]
+    try:
+        assert json.loads(Path(fallback).read_text()) == FAKE_RESULT and not out.exists()
+    finally:
+        os.unlink(fallback)

@@ -115,7 +115,7 @@ def test_bad_input(lab, record):
         lab.keep(record.image.astype(np.float32), q)
     with pytest.raises(ValueError, match="question"):
         lab.keep(record.image, "  ")
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="unknown eadp setting"):
         lab.keep(record.image, q, "eadp", settings={"alpah": 0.3})
     with pytest.raises(ValueError, match="alpha"):
         lab.keep(record.image, q, "eadp", settings={"alpha": 2.0})

@@ -505,3 +505,34 @@ def test_the_recorded_command_keeps_what_changes_the_weights_and_drops_where_fil
                                     "--compare-with", "data/models/lab-llava", "--checkpoint-every", "60"]) == \
         "python -m eadp_lab.labmodels.train llava --seed 3"
     assert recipe_command("clip", []) == "python -m eadp_lab.labmodels.train clip"
+
+
+@torch.no_grad()
+def test_clip_check_compares_the_whole_vision_tower_of_the_lab_pair():
+    """The lab CLIP is the lab LLaVA's tower; one encoder layer's weight changed (the patch embedding
+    untouched) is refused, naming that tensor; the verdict is kept until a weight changes."""
+    import copy
+    import time
+
+    from transformers import LlavaForConditionalGeneration
+
+    from eadp_lab.models.scorers import CLIPScorer, load_clip
+
+    tower = LlavaForConditionalGeneration.from_pretrained(LLAVA_DIR, dtype=torch.float32).eval().model.vision_tower
+    clip, tok = load_clip(CLIP_DIR, dtype=torch.float32)
+    start = time.perf_counter()
+    CLIPScorer(clip, tok).check_matches(tower)
+    assert time.perf_counter() - start < 1.0  # the lab tower: every tensor compared in well under a second
+    CLIPScorer(copy.deepcopy(clip).to(torch.bfloat16), tok).check_matches(tower)  # rounding alone is tolerated
+    CLIPScorer(clip, tok).check_matches(copy.deepcopy(tower).half())
+    weight = clip.vision_model.encoder.layers[2].mlp.fc1.weight
+    weight[3, 5] += 0.05 * float(weight.abs().max())  # one weight of one layer, by 5% of the tensor's scale
+    with pytest.raises(ValueError, match=r"different weights.*encoder\.layers\.2\.mlp\.fc1\.weight.*\d") as exc:
+        CLIPScorer(clip, tok).check_matches(tower)
+    assert "\n" not in str(exc.value)
+    weight[3, 5] -= 0.05 * float(weight.abs().max())  # back within rounding: the verdict follows the weights
+    clip.vision_model.encoder.layers[2].mlp.fc1.weight.copy_(tower.encoder.layers[2].mlp.fc1.weight)
+    CLIPScorer(clip, tok).check_matches(tower)
+    clip.vision_model.post_layernorm.bias.add_(0.5)  # the last tensor of the tower counts too
+    with pytest.raises(ValueError, match=r"post_layernorm\.bias"):
+        CLIPScorer(clip, tok).check_matches(tower)

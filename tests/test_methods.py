@@ -263,7 +263,7 @@ def test_unknown_method_and_settings():
     inputs = PruneInputs(**sample(0))
     with pytest.raises(ValueError, match="method"):
         prune("fastv", inputs, 8)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"^unknown eadp setting 'alpah'; known: 'alpha', "):
         prune("eadp", inputs, 8, alpah=0.3)
     with pytest.raises(ValueError, match="settings"):
         prune("random", inputs, 8, EADPConfig())

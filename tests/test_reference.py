@@ -171,3 +171,82 @@ def test_bad_baseline_settings_are_errors(change, match):
     with pytest.raises(ValueError, match="lack"):
         run_case(json.loads((BASELINES / "cdpruner_single_t64.json").read_text()),
                  {"image_features": tensors["image_features"]})
+
+
+# ---------------------------------------------------------------- the command's bad inputs
+
+
+def _cli_error(capsys, argv) -> str:
+    """The one-line message ``python -m eadp_lab.reference ARGV`` exits with (exit code 2)."""
+    from eadp_lab.reference import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m eadp_lab.reference: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cli_refuses_settings_that_are_not_json(tmp_path, capsys, command):
+    case = HERE / "reference" / "llava15_t64"
+    bad = tmp_path / "settings.json"
+    bad.write_text("{track: llava")  # not JSON
+    extra = [str(tmp_path / "out.safetensors")] if command == "run" else []
+    err = _cli_error(capsys, [command, str(bad), f"{case}.safetensors", *extra])
+    assert str(bad) in err and "not JSON" in err
+    bad.write_text("[1, 2]")  # JSON, but not an object
+    assert "JSON object" in _cli_error(capsys, [command, str(bad), f"{case}.safetensors", *extra])
+    missing = tmp_path / "missing.json"
+    assert str(missing) in _cli_error(capsys, [command, str(missing), f"{case}.safetensors", *extra])
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cli_refuses_inputs_that_are_not_safetensors(tmp_path, capsys, command):
+    case = HERE / "reference" / "llava15_t64"
+    junk = tmp_path / "inputs.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    extra = [str(tmp_path / "out.safetensors")] if command == "run" else []
+    err = _cli_error(capsys, [command, f"{case}.json", str(junk), *extra])
+    assert str(junk) in err and "safetensors" in err
+    missing = tmp_path / "missing.safetensors"
+    assert str(missing) in _cli_error(capsys, [command, f"{case}.json", str(missing), *extra])
+
+
+def test_cli_names_the_settings_file_of_a_case_it_cannot_run(tmp_path, capsys):
+    case = HERE / "reference" / "llava15_t64"
+    settings = tmp_path / "typo.json"
+    settings.write_text(json.dumps({**json.loads(Path(f"{case}.json").read_text()), "entropy_keep_ration": 0.3}))
+    err = _cli_error(capsys, ["check", str(settings), f"{case}.safetensors"])
+    assert str(settings) in err and "entropy_keep_ration" in err
+
+
+def test_cli_checks_the_output_path_before_running(tmp_path, capsys, monkeypatch):
+    from eadp_lab import reference
+
+    monkeypatch.setattr(reference, "run_case", lambda *a: pytest.fail("ran the case before checking the output"))
+    case = HERE / "reference" / "llava15_t64"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out in (tmp_path, blocker / "out.safetensors"):  # a folder; a folder that is a file
+        err = _cli_error(capsys, ["run", f"{case}.json", f"{case}.safetensors", str(out)])
+        assert str(out) in err
+
+
+def test_cli_writes_atomically_through_a_unique_temporary_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from eadp_lab.reference import main
+
+    case = BASELINES / "divprune_single_t64"
+    out = tmp_path / "new" / "out.safetensors"  # its folder is made
+    written = []
+    real = safetensors.torch.save_file
+    monkeypatch.setattr(safetensors.torch, "save_file", lambda t, p, *a, **k: (written.append(p), real(t, p, *a, **k)))
+    assert main(["run", f"{case}.json", f"{case}.safetensors", str(out)]) == 0
+    (tmp,) = written
+    assert Path(tmp).parent == out.parent and Path(tmp).name != out.name + ".tmp" and not Path(tmp).exists()
+    assert os.listdir(out.parent) == ["out.safetensors"]
+    assert compare_case(load_file(f"{case}.safetensors"), load_file(out)) == []

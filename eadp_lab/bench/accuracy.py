@@ -27,6 +27,11 @@ file, the line and the path. ``--answers-file A.jsonl`` writes LLaVA's answer fo
 ``answer_id``, ``model_id``, ``metadata``), one file per method and budget
 (``A-eadp-64.jsonl``, ``A-none-256.jsonl``), appended batch by batch: a rerun with the same
 arguments skips the questions already answered and resumes where an interrupted one stopped.
+Each answers file records what produced it (``A-eadp-64.jsonl.run.json``: model, CLIP, method,
+budget, settings, positions, max new tokens, seed, dtype; each line's ``metadata`` a hash of
+those and of its question): a rerun with other settings or changed questions stops before the
+first question with an error naming the difference (``--overwrite`` starts afresh), and a
+second run on a file another run is writing stops at once, naming that process.
 Answers are generated up to ``--max-new-tokens`` (default: 3 on lab questions, whose first
 word is scored; 128 on a question file, as LLaVA's evaluation does); accuracy is always the
 exact match of the first word.
@@ -37,7 +42,8 @@ the registry (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``, ``divpru
 ``random``: a new seed per batch, so the figure averages over draws), and EADP's ablations
 (:data:`ABLATIONS`): ``eadp-global`` (global score only, alpha=1), ``eadp-noentropy``
 (dense score without the entropy filter: every word, plain mean) and ``eadp-topk``
-(Top-K instead of facility location). The JSON (written to ``OUT.tmp``, then renamed) holds
+(Top-K instead of facility location). The JSON (written atomically; its path is checked before any
+work) holds
 ``{"results": [{"method", "budget", "accuracy", "questions", "per_type", "settings", ...}],
 ...}``. Taught in ``notebooks/04_full_model_benchmarks``.
 """
@@ -51,15 +57,17 @@ import time
 import numpy as np
 import torch
 
-from .._io import write_json
-from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, ROOT, AnswersFileError, Question,  # noqa: F401
-                          QuestionFileError, against_best, against_chance, answer_kind, answers_path, blind_baseline, check_answers,
-                          evaluate, file_questions, first_word, lab_questions, load, load_results, long_run_figures,
-                          markdown_table, max_standard_error, positions_figures, records_spacing, spacing_correlations,
-                          spacing_figures, spacing_frame, positions_type_gap, answer_split, type_gap_figures,
-                          LAB_SOURCE, report_questions, pool_runs, replication_figures,
-                          model_id_of, named_kept, per_type_frame, positions_gap, prompt_for, read_answers, results_for,
-                          results_frame, run_summary, score_hits)
+from .._checks import cli_int
+from .._io import OutputPathError, check_output, save_json
+from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, LAB_SOURCE, ROOT, AnswersFileError,  # noqa: F401
+                          ModelLoadError, Question, QuestionFileError, against_best, against_chance, answer_kind,
+                          answers_path, blind_baseline, check_answers, evaluate, file_questions, first_word,
+                          lab_questions, load, load_results, long_run_figures, markdown_table, max_standard_error,
+                          model_id_of, named_kept, per_type_frame, prompt_for, read_answers, report_questions,
+                          results_for, results_frame, run_summary, score_hits)
+from ..position_study import (answer_split, pool_runs, positions_figures, positions_gap,  # noqa: F401
+                              positions_type_gap, records_spacing, replication_figures, spacing_correlations,
+                              spacing_figures, spacing_frame, type_gap_figures)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
 
 __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "QuestionFileError", "AnswersFileError",
@@ -88,13 +96,18 @@ def _visual_tokens(model, processor, questions) -> int:
 def run(questions: list[Question], methods, budgets, model, processor, clip=None, clip_tokenizer=None,
         scoring: str = "clip", batch: int = 32, seed: int = 0, max_new_tokens: int = 3, sign=None,
         progress: bool = True, positions: str = "renumber", answers_file=None,
-        model_id: str | None = None) -> list[dict]:
+        model_id: str | None = None, overwrite: bool = False) -> list[dict]:
     """Every method at every budget on the same questions; ``none`` once, at the full token count.
 
     ``answers_file``: each configuration appends to (and resumes from) its own
-    :func:`~eadp_lab.evaluation.answers_path` of it.
+    :func:`~eadp_lab.evaluation.answers_path` of it; every one is checked before the first
+    question (writable, not being written by another run, and, unless ``overwrite``, written
+    under these settings for these questions: :func:`~eadp_lab.evaluation.answers.check_answers`).
     """
     from tqdm.auto import tqdm
+
+    from ..evaluation.answers import answers_lock
+    from ..evaluation.run import answers_run
 
     configs = []
     for name in methods:
@@ -103,9 +116,14 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
         else:
             configs += [(name, int(b)) for b in budgets]
     paths = {c: None if answers_file is None else answers_path(answers_file, *c) for c in configs}
-    for path in paths.values():  # every answers file readable and this model's, before the first question
+    for (name, budget), path in paths.items():  # every answers file usable before the first question
         if path is not None:
-            check_answers(path, model_id or model_id_of(model))
+            check_output(path, "answers file")
+            with answers_lock(path):
+                if not overwrite:
+                    check_answers(path, answers_run(model, name, budget, clip=clip, scoring=scoring, sign=sign,
+                                                    positions=positions, max_new_tokens=max_new_tokens, seed=seed,
+                                                    model_id=model_id), questions)
     results = []
     with tqdm(total=len(configs) * len(questions), desc="accuracy", unit="q", disable=not progress) as bar:
         for name, budget in configs:
@@ -113,7 +131,7 @@ def run(questions: list[Question], methods, budgets, model, processor, clip=None
             results.append(evaluate(model, processor, questions, name, budget, clip=clip, clip_tokenizer=clip_tokenizer,
                                     scoring=scoring, batch=batch, seed=seed, max_new_tokens=max_new_tokens,
                                     sign=sign, positions=positions, bar=bar, model_id=model_id,
-                                    answers_file=paths[name, budget]))
+                                    answers_file=paths[name, budget], overwrite=overwrite))
     return results
 
 
@@ -191,7 +209,7 @@ def scoring_notice(scoring: str, clip_name: str | None, sign: float | None, sign
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eadp_lab bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0, help="held-out seed of the lab questions (and random's draws)")
+    parser.add_argument("--seed", type=cli_int(0), default=0, help="held-out seed of the lab questions (and random's draws)")
     parser.add_argument("--questions", type=int, default=500, help="lab questions (or the first Q of --question-file)")
     parser.add_argument("--budgets", type=_csv_ints, default=list(DEFAULT_BUDGETS), help="tokens kept per image")
     parser.add_argument("--methods", type=_csv_methods, default=list(DEFAULT_METHODS))
@@ -201,6 +219,9 @@ def main(argv=None) -> int:
     parser.add_argument("--answers-file", default=None,
                         help="LLaVA-format answers (jsonl), one file per method and budget: PATH with "
                              "-METHOD-BUDGET before its suffix; a rerun resumes after the answers already there")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the answers files afresh instead of resuming them (a resume needs the same "
+                             "model, CLIP, settings, positions, max new tokens, seed, dtype and questions)")
     parser.add_argument("--model", default=None, help="VLM path or hub id (default data/models/lab-llava)")
     parser.add_argument("--clip", default=None, help="CLIP for scoring='clip' (default data/models/lab-clip "
                                                      "with the lab LLaVA)")
@@ -222,7 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"tokens per answer (default: {MAX_NEW_TOKENS['lab']} on lab questions, "
                              f"{MAX_NEW_TOKENS['file']} on a question file)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=cli_int(1), default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.questions < 1 or args.batch < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         parser.error("--questions, --batch and --max-new-tokens must be >= 1")
@@ -231,15 +252,23 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    try:  # a bad question file stops the run before the model loads, with the file, line and path
+    try:  # bad input stops the run before the model loads: question file, output paths
+        if args.json:
+            check_output(args.json, "--json")
+        if args.answers_file:
+            answers_path(args.answers_file, "none", 0)  # a folder is refused here
         questions = (file_questions(args.question_file, args.image_folder, args.questions) if args.question_file
                      else lab_questions(args.questions, args.seed))
-    except QuestionFileError as exc:
+    except (QuestionFileError, OutputPathError, AnswersFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     max_new_tokens = args.max_new_tokens or MAX_NEW_TOKENS["file" if args.question_file else "lab"]
-    model, processor, clip, clip_tokenizer = load(args.model, args.clip, dtype=DTYPES[args.dtype],
-                                                  device=args.device, device_map=args.device_map)
+    try:
+        model, processor, clip, clip_tokenizer = load(args.model, args.clip, dtype=DTYPES[args.dtype],
+                                                      device=args.device, device_map=args.device_map)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     scoring = args.scoring or ("clip" if clip is not None else "llm")
     if scoring == "clip" and clip is None:
         parser.error("--scoring clip needs --clip (the CLIP checkpoint of the model's vision tower)")
@@ -252,8 +281,8 @@ def main(argv=None) -> int:
     try:
         results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
                       args.batch, args.seed, max_new_tokens, args.sign, positions=args.positions,
-                      answers_file=args.answers_file, model_id=model_id)
-    except AnswersFileError as exc:  # an answers file of another model, or not an answers file
+                      answers_file=args.answers_file, model_id=model_id, overwrite=args.overwrite)
+    except (AnswersFileError, OutputPathError) as exc:  # an answers file of other settings, locked, or unwritable
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_table(results))
@@ -276,7 +305,11 @@ def main(argv=None) -> int:
             "seconds": round(time.perf_counter() - start, 1),
             "command": "python -m eadp_lab bench accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         }
-        write_json(args.json, report)
+        try:
+            save_json(args.json, report)
+        except OutputPathError as exc:  # the results are in the fallback file it names
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

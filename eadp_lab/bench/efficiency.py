@@ -64,9 +64,11 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_budget, check_choice
+from .._checks import check_budget, check_choice, cli_int
+from .._io import OutputPathError, check_output, save_json
 from .._io import write_json as _write_json
 from ..evaluation import DTYPES, prompt_for
+from ..evaluation.loading import ModelLoadError, load_checked, load_error
 from ..flops import kv_cache_bytes, prefill_flops
 
 __all__ = [
@@ -138,10 +140,6 @@ def tiny_llava(seed: int = 0, dtype: torch.dtype = torch.float32):
     return model.to(dtype).eval()
 
 
-class ModelLoadError(ValueError):
-    """``--model`` names nothing this bench can load (the command reports it as a usage error)."""
-
-
 def _has_processor(path: Path) -> bool:
     return any((path / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
 
@@ -170,19 +168,22 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     try:
         config = AutoConfig.from_pretrained(model, local_files_only=local)
     except Exception as exc:  # noqa: BLE001 (a bad id, a folder without config.json, no network)
-        raise ModelLoadError(f"model must be {TINY_LLAVA!r}, a folder with config.json or a cached hub id; "
-                         f"{model!r} failed: {exc}") from None
-    try:
-        vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, local_files_only=local)
-    except ValueError:  # not in the auto mapping: pick the class from the model type
+        error = load_error("model", model, exc)
+        raise ModelLoadError(f"{error} (--model takes {TINY_LLAVA!r}, a folder with config.json or a cached hub "
+                             "id)") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        loader = AutoModelForImageTextToText.from_pretrained
+    else:  # not in the auto mapping: pick the class from the model type
         import transformers
 
         by_type = {family: name for name, family in FAMILIES.items()}
         if config.model_type not in by_type:
             raise ModelLoadError(f"model {model!r} has model_type {config.model_type!r}; supported: "
-                             f"{sorted(by_type)}") from None
-        cls = getattr(transformers, by_type[config.model_type])
-        vlm = cls.from_pretrained(model, dtype=torch_dtype, local_files_only=local)
+                                 f"{sorted(by_type)}")
+        loader = getattr(transformers, by_type[config.model_type]).from_pretrained
+    vlm = load_checked("model", model, loader, dtype=torch_dtype, local_files_only=local)
     processor = None
     if not local or _has_processor(path):
         try:
@@ -708,7 +709,8 @@ def format_table(result: dict) -> str:
 
 
 def write_json(path, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically (``path + ".tmp"``, then ``os.replace``)."""
+    """Write ``payload`` to ``path`` atomically, with :func:`eadp_lab._io.write_json` (a uniquely named
+    temporary file beside ``path``, then ``os.replace``; indent 2)."""
     _write_json(path, payload, indent=2)
 
 
@@ -792,8 +794,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: %(default)s)")
     parser.add_argument("--scoring", default="llm", help="llm (default) | clip (needs --clip)")
     parser.add_argument("--clip", help="CLIP checkpoint of the vision tower, for --scoring clip")
-    parser.add_argument("--seed", type=int, default=0, help="inputs' seed (default: %(default)s)")
-    parser.add_argument("--json", help="also write settings and rows to this JSON file (atomically)")
+    parser.add_argument("--seed", type=cli_int(0), default=0, help="inputs' seed (default: %(default)s)")
+    parser.add_argument("--json", help="also write settings and rows to this JSON file (atomically; its folder is "
+                                       "made and checked before the run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     options = dict(questions=args.questions, repeats=args.repeats, warmup=args.warmup,
@@ -801,7 +804,9 @@ def main(argv=None) -> int:
                    clip=args.clip)
     try:
         check_arguments(args.methods, args.budgets, **options)
-    except ValueError as exc:
+        if args.json:
+            check_output(args.json, "--json")
+    except ValueError as exc:  # OutputPathError included
         parser.error(str(exc))
     from transformers.utils import logging as hf_logging
 
@@ -812,7 +817,11 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     print(format_table(result))
     if args.json:
-        write_json(args.json, result)
+        try:
+            save_json(args.json, result, indent=2)
+        except OutputPathError as exc:  # the results are in the fallback file it names
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 

@@ -259,7 +259,7 @@ def _gap_table(gap) -> str:
 def replication_part(first: tuple, second: tuple) -> list[str]:
     """The card's lines on a second sample of questions: ``first`` and ``second`` are the
     ``(renumbered, original)`` reports of two seeds (:func:`eadp_lab.evaluation.replication_figures`)."""
-    from ..evaluation import positions_gap, replication_figures
+    from ..position_study import positions_gap, replication_figures
 
     f = replication_figures(first, second)
     commands = "; ".join(f"`{r.get('command', '').strip()}`" for r in second)
@@ -276,9 +276,9 @@ def replication_part(first: tuple, second: tuple) -> list[str]:
 def pruning_section(renumbered: dict | None, original: dict | None, replicate: tuple | None = None) -> str:
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing);
     ``replicate``: the same two runs on other questions, ``(renumbered, original)``, or ``None``."""
-    from ..evaluation import (answer_split, markdown_table, positions_figures, positions_gap, positions_type_gap,
-                              records_spacing, report_questions, results_frame, spacing_correlations, spacing_figures,
-                              spacing_frame, type_gap_figures)
+    from ..evaluation import markdown_table, report_questions, results_frame
+    from ..position_study import (answer_split, positions_figures, positions_gap, positions_type_gap, records_spacing,
+                                  spacing_correlations, spacing_figures, spacing_frame, type_gap_figures)
 
     if renumbered is None and original is None:
         return ""

@@ -16,8 +16,10 @@
 
 Scenes come from the world's ``heldout`` split at ``--seed`` (the lab models trained on
 ``train``). The JSON (``{"probe": {"per_patch": {...}, "object": {...}}, "alignment": {"+1":
-{...}, "-1": {...}}, ...}``) is written to ``OUT.tmp`` and renamed. Taught in
-``notebooks/00_tour``.
+{...}, "-1": {...}}, ...}``) is written atomically (a uniquely named temporary file beside
+``OUT``, then renamed); ``OUT``'s folder is made and checked before any model loads, and if the
+final write still fails the figures go to a file in the temporary folder that the error names.
+Taught in ``notebooks/00_tour``.
 
 Shapes: ``M`` examples, ``C`` feature width, ``K`` classes.
 """
@@ -32,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import write_json
+from .._checks import cli_int
+from .._io import OutputPathError, check_output, save_json
 
 __all__ = ["ATTRIBUTES", "probe_examples", "fit_probe", "linear_probes", "alignment", "alignment_frame", "run", "main"]
 
@@ -165,6 +168,7 @@ def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True, to
     """
     from transformers import LlavaForConditionalGeneration
 
+    from ..evaluation.loading import load_checked
     from ..models.scorers import load_clip
     from ..world import sample
     from .train import DEFAULT_CLIP, DEFAULT_LLAVA
@@ -172,16 +176,14 @@ def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True, to
     if tower not in ("llava", "clip"):
         raise ValueError(f"tower must be 'llava' or 'clip', got {tower!r}")
     llava, clip = Path(llava or DEFAULT_LLAVA), Path(clip or DEFAULT_CLIP)
-    for path in (llava, clip) if tower == "llava" else (clip,):
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no model in {path} (train it: python -m eadp_lab.labmodels.train)")
-    start = time.perf_counter()
-    records = sample("heldout", scenes, seed=seed, workers=2 if scenes >= 64 else 1)
-    clip_model, tokenizer = load_clip(clip, dtype=torch.float32)
+    start = time.perf_counter()  # a checkpoint that cannot be loaded is a ModelLoadError naming it, before any scene
+    clip_model, tokenizer = load_checked("CLIP", clip, load_clip, dtype=torch.float32)
     if tower == "llava":
-        vision = LlavaForConditionalGeneration.from_pretrained(llava, dtype=torch.float32).eval().model.vision_tower
+        vision = load_checked("LLaVA", llava, LlavaForConditionalGeneration.from_pretrained,
+                              dtype=torch.float32).eval().model.vision_tower
     else:
         vision = clip_model.vision_model
+    records = sample("heldout", scenes, seed=seed, workers=2 if scenes >= 64 else 1)
     probe = linear_probes(probe_examples(vision, records), seed=seed)
     return {"probe": probe, "alignment": alignment(clip_model, tokenizer, records, progress),
             "seed": seed, "scenes": scenes, "split": "heldout", "tower": tower,
@@ -192,26 +194,39 @@ def run(seed: int, scenes: int, llava=None, clip=None, progress: bool = True, to
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eadp_lab probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=1, help="heldout seed of the scenes")
+    parser.add_argument("--seed", type=cli_int(0), default=1, help="heldout seed of the scenes")
     parser.add_argument("--scenes", type=int, default=1000, help="scenes (80%% fit the probes, 20%% test them)")
     parser.add_argument("--json", default=None, help="write the figures here (atomically)")
     parser.add_argument("--llava", default=None, help="lab LLaVA folder (default data/models/lab-llava)")
     parser.add_argument("--clip", default=None, help="lab CLIP folder (default data/models/lab-clip)")
     parser.add_argument("--tower", choices=("llava", "clip"), default="llava",
                         help="probe the LLaVA's visual tokens (default) or the CLIP's own tower")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=cli_int(1), default=None, help="torch threads, >= 1 (default: torch's)")
     args = parser.parse_args(argv)
     if args.scenes < 10:
         parser.error("--scenes must be >= 10 (the probes hold out a fifth of them)")
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
+    if args.json:
+        try:
+            check_output(args.json, "--json")
+        except OutputPathError as exc:
+            parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.seed, args.scenes, args.llava, args.clip, tower=args.tower)
+    from ..evaluation.loading import ModelLoadError
+
+    try:
+        report = run(args.seed, args.scenes, args.llava, args.clip, tower=args.tower)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report["command"] = "python -m eadp_lab probe " + " ".join(sys.argv[2:] if argv is None else argv)
     print(_summary(report))
     if args.json:
-        write_json(args.json, report)
+        try:
+            save_json(args.json, report, what="figures")
+        except OutputPathError as exc:  # the figures are in the fallback file it names
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

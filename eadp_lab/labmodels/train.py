@@ -28,21 +28,21 @@ from pathlib import Path
 import torch
 
 from .._io import write_json
+from ..paths import CHECKOUT, MODELS, RESULTS
 
 __all__ = ["main", "save_clip", "measure_clip", "save_llava", "measure_llava", "DEFAULT_CLIP", "DEFAULT_LLAVA"]
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CLIP = ROOT / "data" / "models" / "lab-clip"
-DEFAULT_LLAVA = ROOT / "data" / "models" / "lab-llava"
-DEFAULT_CLIP_GLOBAL = ROOT / "data" / "models" / "lab-clip-global"
-CHECKPOINTS = ROOT / ".cache" / "checkpoints"  # git-ignored
-PROBE_RESULTS = ROOT / "data" / "results" / "probe-lab.json"  # python -m eadp_lab probe --json ...
+DEFAULT_CLIP = MODELS / "lab-clip"
+DEFAULT_LLAVA = MODELS / "lab-llava"
+DEFAULT_CLIP_GLOBAL = MODELS / "lab-clip-global"
+CHECKPOINTS = (CHECKOUT or Path.cwd()) / ".cache" / "checkpoints"  # git-ignored in a clone
+PROBE_RESULTS = RESULTS / "probe-lab.json"  # python -m eadp_lab probe --json ...
 # python -m eadp_lab bench accuracy --json ... (renumbered, then --positions original)
-ACCURACY_RESULTS = (ROOT / "data" / "results" / "accuracy-lab.json",
-                    ROOT / "data" / "results" / "accuracy-lab-original-positions.json")
+ACCURACY_RESULTS = (RESULTS / "accuracy-lab.json",
+                    RESULTS / "accuracy-lab-original-positions.json")
 # the same two runs on a second sample of questions (another seed): does the renumbering gap hold?
-REPLICATE_RESULTS = (ROOT / "data" / "results" / "accuracy-lab-second-sample.json",
-                     ROOT / "data" / "results" / "accuracy-lab-second-sample-original-positions.json")
+REPLICATE_RESULTS = (RESULTS / "accuracy-lab-second-sample.json",
+                     RESULTS / "accuracy-lab-second-sample-original-positions.json")
 MEASURE_SEED = 0  # held-out seed of the model cards' figures (the accuracy bench uses fresh ones)
 
 

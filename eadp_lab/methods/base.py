@@ -20,11 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from .._checks import check_budget, check_choice, check_finite, check_ndim, check_same
+from .._checks import (as_int, check_budget, check_choice, check_finite, check_ndim, check_same,
+                       checked_replace)
 from ..select import gather_kept, keep_mask_from_picks
 
-__all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune", "stable_topk", "PRECISIONS",
-           "precision_dtype"]
+__all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune", "resolve_settings", "stable_topk",
+           "PRECISIONS", "precision_dtype"]
 
 
 @dataclass
@@ -84,13 +85,13 @@ class PruneInputs:
             check_finite("text_embeds", self.text_embeds)
             check_same("I (images)", rows_per_image=self.num_images, text_embeds=self.text_embeds.shape[0])
         if isinstance(self.grid, list):
-            self.grid = [(int(h), int(w)) for h, w in self.grid]
+            self.grid = [_grid_pair(g, self.grid, "one (H, W) pair of integers >= 1 per row") for g in self.grid]
             if len(self.grid) != R:
                 raise ValueError(f"grid lists {len(self.grid)} row grids for {R} rows")
-            if any(h < 1 or w < 1 or h * w > N for h, w in self.grid):
+            if any(h * w > N for h, w in self.grid):
                 raise ValueError(f"every row grid must hold between 1 and N = {N} tokens, got {self.grid}")
         elif self.grid is not None:
-            self.grid = (int(self.grid[0]), int(self.grid[1]))
+            self.grid = _grid_pair(self.grid, self.grid, "a pair (H, W) of integers >= 1")
 
     @property
     def num_rows(self) -> int:
@@ -221,6 +222,15 @@ class PruneInputs:
         return torch.nonzero(self.text_mask[image].any(0).cpu()).flatten()
 
 
+def _grid_pair(pair, grid, allowed: str) -> tuple[int, int]:
+    """``pair`` as ``(H, W)`` ints, or raise naming the whole ``grid`` given."""
+    if isinstance(pair, (tuple, list, torch.Size)) and len(pair) == 2:
+        hw = tuple(as_int(v) for v in pair)
+        if all(v is not None and v >= 1 for v in hw):
+            return hw
+    raise ValueError(f"grid must be {allowed}, got {grid!r}")
+
+
 @dataclass
 class PruneResult:
     """What a method decided for a batch of rows, with everything a notebook wants to plot.
@@ -348,6 +358,18 @@ def selection_result(
     )
 
 
+def resolve_settings(method: str, settings=None, overrides: dict | None = None):
+    """The settings a registered method runs with: ``settings`` (its defaults if ``None``) checked to be
+    of the method's settings class, with ``overrides`` applied (names and values checked)."""
+    check_choice("method", method, METHODS)
+    expected = METHODS[method].settings
+    if settings is None:
+        settings = expected()
+    elif not isinstance(settings, expected):
+        raise ValueError(f"settings for {method!r} must be a {expected.__name__}, got {type(settings).__name__}")
+    return checked_replace(settings, method, dict(overrides or {}))
+
+
 def prune(method: str, inputs: PruneInputs, budget: int, settings=None, **overrides) -> PruneResult:
     """Run a registered method on one batch.
 
@@ -359,19 +381,15 @@ def prune(method: str, inputs: PruneInputs, budget: int, settings=None, **overri
             an image's rows). A budget of ``N`` or more keeps every token, in order.
         settings: an instance of the method's settings dataclass (e.g. an
             :class:`~eadp_lab.config.EADPConfig` preset); ``None``: its defaults.
-        **overrides: fields of the settings to change.
+        **overrides: fields of the settings to change (an unknown name or a bad value is a
+            ``ValueError`` naming it).
     Returns:
         A :class:`PruneResult`.
     """
     check_choice("method", method, METHODS)
     entry = METHODS[method]
     budget = check_budget(budget)
-    if settings is None:
-        settings = entry.settings()
-    elif not isinstance(settings, entry.settings):
-        raise ValueError(f"settings for {method!r} must be a {entry.settings.__name__}, got {type(settings).__name__}")
-    if overrides:
-        settings = dataclasses.replace(settings, **overrides)
+    settings = resolve_settings(method, settings, overrides)
     if entry.text_guided:
         inputs.require_text(method)
     # One image at a time: an image's result never depends on the rest of its batch

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import scoring
-from .._checks import check_choice
+from .._checks import check_choice, check_real, check_sign
 from ..select import cosine_similarity
 from .base import PRECISIONS, PruneInputs, PruneResult, precision_dtype, register, selection_result
 
@@ -48,6 +48,8 @@ class CDPrunerSettings:
     precision: str = "float32"  # float32 | input (the published code's: cosines in the input dtype)
 
     def __post_init__(self):
+        check_sign("similarity_sign", self.similarity_sign)
+        check_real("epsilon", self.epsilon, above=0.0)  # 0 would divide by a vanishing variance
         check_choice("normalisation", self.normalisation, ("per_image", "per_row"))
         check_choice("precision", self.precision, PRECISIONS)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import scoring
+from .._checks import check_sign
 from ..config import EADPConfig
 from ..select import allocate_budget, facility_location
 from .base import PruneInputs, PruneResult, register, selection_result, stable_topk
@@ -125,6 +126,9 @@ class TopKSettings:
     """Top-K on the global text-image similarity."""
 
     similarity_sign: float = -1.0  # as EADP's presets; +1 ranks by plain relevance
+
+    def __post_init__(self):
+        check_sign("similarity_sign", self.similarity_sign)
 
 
 def global_score(inputs: PruneInputs, sign: float) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_int
 from .base import PruneInputs, PruneResult, register, selection_result
 
 __all__ = ["RandomSettings", "run_random"]
@@ -22,6 +23,9 @@ class RandomSettings:
     its batch; vary ``seed`` per sample (e.g. by question index) to average over draws."""
 
     seed: int = 0
+
+    def __post_init__(self):
+        check_int("seed", self.seed, minimum=-(2**63), maximum=2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @register("random", RandomSettings, text_guided=False, reference="uniformly random tokens, fixed by a seed")

@@ -26,16 +26,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_budget_or_fraction, check_choice, check_int
 from ..config import EADPConfig
 from ..methods import METHODS, PruneInputs, PruneResult, prune
+from ..methods.base import resolve_settings
 from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
 from .layouts import ItemLayout, family_of, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
-__all__ = ["attach", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL", "TEMPLATE_HEAD", "item_inputs",
-           "special_token_ids"]
+__all__ = ["attach", "attached", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL",
+           "TEMPLATE_HEAD", "item_inputs", "special_token_ids"]
 
+
+_CLASS_METHOD = object()  # marks a wrapped method the instance did not own: remove() deletes the wrapper
 
 # Chat-template text after the instruction, stripped from the prompt before scoring.
 TEMPLATE_TAIL = re.compile(r"\s*(ASSISTANT:|\[/INST\]|(<\|im_start\|>)?\s*assistant)\s*$", re.IGNORECASE)
@@ -69,12 +72,36 @@ class CallRecord:
     seconds: float = 0.0  # time spent scoring and selecting (the method's overhead)
 
 
-def _resolve_settings(method, family, modality, settings, sign=None):
+MODALITIES = ("image", "video")
+
+
+def _settings_by_modality(method, family, settings, overrides, sign=None) -> dict:
+    """The settings each modality of the model family runs with, checked when attaching: ``settings``
+    (one for all, or a dict ``{"image": ..., "video": ...}``), else the family's defaults with
+    ``sign``; ``overrides`` applied. Raises ``ValueError`` naming a wrong class, field or value."""
     if isinstance(settings, dict):
-        settings = settings.get(modality)
-    if settings is not None:
-        return settings
-    return default_settings(method, family, modality, sign)
+        bad = [k for k in settings if k not in MODALITIES]
+        if bad:
+            raise ValueError(f"settings dict key(s) {', '.join(map(repr, bad))} are not modalities: use 'image' "
+                             "and/or 'video' (settings fields go in as keywords, e.g. attach(..., alpha=0.3))")
+    out = {}
+    for modality in MODALITIES:
+        if (family, modality) not in DEFAULT_PRESETS:
+            continue  # a modality the family never feeds
+        given = settings.get(modality) if isinstance(settings, dict) else settings
+        chosen = default_settings(method, family, modality, sign) if given is None else given
+        out[modality] = resolve_settings(method, chosen, overrides)
+    return out
+
+
+def attached(model) -> "Pruner | None":
+    """The live :class:`Pruner` that :func:`attach` hooked into ``model``, or ``None``."""
+    hooks = getattr(getattr(model, "model", None), "_forward_pre_hooks", None) or {}
+    for hook in hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, Pruner) and owner._handle is not None:
+            return owner
+    return None
 
 
 class Pruner:
@@ -89,29 +116,32 @@ class Pruner:
     def __init__(self, model, method="eadp", budget=64, scoring="llm", settings=None, clip=None, tokenizer=None,
                  clip_tokenizer=None, text_positions=None, positions="renumber", newlines="rows",
                  keep_history: int = 8, **overrides):
+        self._handle, self._wrapped = None, {}  # nothing hooked yet: remove() is harmless
         check_choice("method", method, METHODS)
         check_choice("scoring", scoring, ("clip", "llm"))
         check_choice("positions", positions, ("renumber", "original"))
         check_choice("newlines", newlines, ("rows", "all", "none"))
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0 or (
-            isinstance(budget, float) and budget > 1
-        ):
-            raise ValueError(f"budget must be an integer >= 1 (tokens per row) or a fraction in (0, 1], got {budget!r}")
+        self.budget = check_budget_or_fraction(budget)
+        self.keep_history = check_int("keep_history", keep_history, minimum=1)
+        if text_positions is None:
+            first = settings if isinstance(settings, EADPConfig) else None
+            text_positions = first.text_positions if first is not None else "content"
+        check_choice("text_positions", text_positions, ("content", "all"))
         self.model = model
         self.family = family_of(model)
         self.inner = model.model
+        live = attached(model)
+        if live is not None:
+            raise RuntimeError(f"a pruner ({live.method}, budget {live.budget}) is already attached to this "
+                               f"{type(model).__name__}: call .remove() on it, or leave its with block, before "
+                               "attaching another (eadp_lab.models.attach.attached(model) returns it)")
         self.method = method
-        self.budget = budget
         self.settings = settings
         self.overrides = overrides
         self.positions = positions
         self.newlines = newlines
-        self.keep_history = keep_history
         self.tokenizer = tokenizer
         self.is_qwen = self.family == "qwen2_5_vl"
-        if text_positions is None:
-            first = settings if isinstance(settings, EADPConfig) else None
-            text_positions = first.text_positions if first is not None else "content"
         self.text_positions = text_positions
         if scoring == "clip":
             if clip is None:
@@ -131,41 +161,52 @@ class Pruner:
         else:
             self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, special_token_ids(model))
             self.sign = None
+        self._settings = _settings_by_modality(method, self.family, settings, overrides, self.sign)
         self.instructions: list[str] | None = None
         self.history: list[CallRecord] = []
         self._previous_prompt = None
         self._captured: dict = {}
         self._state = None
-        self._wrapped = {}
-        for modality in ("image", "video"):
-            name = f"get_{modality}_features"
-            original = getattr(self.inner, name, None)
-            if original is not None:
-                self._wrapped[name] = original
-                setattr(self.inner, name, self._capturing(modality, original))
-        self._handle = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        self._install()
 
     # ------------------------------------------------------------------ lifetime
     @property
     def last(self) -> CallRecord | None:
         return self.history[-1] if self.history else None
 
+    def _install(self) -> None:
+        """Wrap ``get_*_features`` and hook the inner model; all or nothing."""
+        try:
+            for modality in MODALITIES:
+                name = f"get_{modality}_features"
+                original = getattr(self.inner, name, None)
+                if original is not None:
+                    self._wrapped[name] = vars(self.inner).get(name, _CLASS_METHOD)  # what to put back
+                    setattr(self.inner, name, self._capturing(modality, original))
+            self._handle = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+        except BaseException:
+            self.remove()
+            raise
+
     def remove(self) -> None:
-        """Detach: the model behaves exactly as before."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-            for name in self._wrapped:
+        """Detach: the model behaves exactly as before. Calling it again is harmless."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.remove()
+        for name, previous in self._wrapped.items():
+            if previous is _CLASS_METHOD:
                 delattr(self.inner, name)  # the class's own method shows through again
-            self._wrapped = {}
-            self._state = None
+            else:
+                setattr(self.inner, name, previous)
+        self._wrapped = {}
+        self._state = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.remove()
-        return False
+        return False  # an exception raised inside the block propagates unchanged
 
     # ------------------------------------------------------------------ capture
     def _capturing(self, modality, original):
@@ -255,7 +296,7 @@ class Pruner:
 
     def _prune_item(self, feats, layout, text, settings) -> PruneResult:
         inputs = item_inputs(feats, layout, text, self.scorer, METHODS[self.method].text_guided)
-        return prune(self.method, inputs, self._budget(layout), settings, **self.overrides)
+        return prune(self.method, inputs, self._budget(layout), settings)  # overrides applied when attaching
 
     def _kept(self, layout, result, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept token indices of an item (ascending) and the features the LM receives for them."""
@@ -327,7 +368,7 @@ class Pruner:
                 starts.append(starts[-1] + len(t))
             layouts = item_layouts(self.family, self.inner, modality, [len(t) for t in items], samples,
                                    self._captured.get(modality))
-            settings = _resolve_settings(self.method, self.family, modality, self.settings, self.sign)
+            settings = self._settings[modality]
             kept_items = []
             for i, (feats, layout) in enumerate(zip(items, layouts)):
                 b = layout.sample
@@ -482,7 +523,10 @@ def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_v
 
 def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str = "llm", settings=None, **kwargs) -> Pruner:
     """Make ``model(**inputs)`` and ``model.generate(**inputs)`` prune visual tokens before the
-    language model. Use as a context manager, or call ``.remove()``.
+    language model. Use as a context manager, or call ``.remove()``: the model is then exactly as
+    before (removing twice is harmless). Every argument, the settings and their overrides are
+    checked here, not at the first call (``ValueError`` naming the bad one); a model that already
+    has a live pruner raises ``RuntimeError`` (remove that one first: :func:`attached` returns it).
 
     Args:
         model: a ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,

@@ -5,8 +5,10 @@
   dropped), passed through the CLIP checkpoint's ``post_layernorm`` and
   ``visual_projection``; the instruction goes through the CLIP text tower: per-token
   ``last_hidden_state @ text_projection`` (dense) and the pooled EOS output (global). The
-  checkpoint's vision tower must be the VLM's (LLaVA freezes it), which is checked
-  (:func:`weights_gap`: in float32, up to the rounding of the weights' dtypes).
+  checkpoint's vision tower must be the VLM's (LLaVA freezes it), which is checked on every
+  parameter the two towers share by name (:func:`check_same_tower`, :func:`weights_gap`: in
+  float32, up to the rounding of the weights' dtypes; a matching pair is remembered until a
+  weight changes).
 - :class:`LLMScorer` (``scoring="llm"``): the published Qwen2.5-VL setting, usable with any
   model: the instruction's rows of the language model's input-embedding table against the
   visual features the language model receives; the global text embedding is their mean.
@@ -19,11 +21,13 @@ Taught in ``notebooks/02_entropy_analysis``.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TextEmbeddings", "CLIPScorer", "LLMScorer", "load_clip", "weights_gap"]
+__all__ = ["TextEmbeddings", "CLIPScorer", "LLMScorer", "load_clip", "weights_gap", "tower_parameters",
+           "tower_differences", "check_same_tower"]
 
 
 @dataclass
@@ -73,6 +77,67 @@ def weights_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float((x - y).abs().max()) if x.numel() else 0.0, ROUNDING_ULPS * eps * scale
 
 
+def tower_parameters(tower) -> dict[str, torch.Tensor]:
+    """A CLIP vision tower's floating-point parameters by name, named alike whatever holds them
+    (a ``CLIPModel``'s ``vision_model``, a VLM's ``CLIPVisionModel``, with or without the
+    ``vision_model.`` prefix some transformers versions put in front)."""
+    return {name.removeprefix("vision_model."): p for name, p in tower.named_parameters() if p.is_floating_point()}
+
+
+def tower_differences(ours, theirs) -> list[tuple[str, str]]:
+    """Every parameter two CLIP vision towers share by name that differs beyond rounding (:func:`weights_gap`),
+    in ``ours``' order: ``[(name, why)]``, empty when the towers match. No shared name is a difference too."""
+    mine, other = tower_parameters(ours), tower_parameters(theirs)
+    shared = [name for name in mine if name in other]
+    if not shared:
+        why = (f"no parameter name in common (ours: {', '.join(list(mine)[:3])}, ...; theirs: "
+               f"{', '.join(list(other)[:3])}, ...)")
+        return [("", why)]
+    out = []
+    for name in shared:
+        a, b = mine[name], other[name]
+        if a.is_meta or b.is_meta:  # offloaded (device_map): no values here to compare
+            continue
+        if a.shape != b.shape:
+            out.append((name, f"shape {tuple(a.shape)} != {tuple(b.shape)}"))
+            continue
+        gap, tolerance = weights_gap(a, b)
+        if gap > tolerance:
+            out.append((name, f"max |difference| {gap:.3g} > {tolerance:.3g}, the rounding of {a.dtype} / {b.dtype}"))
+    return out
+
+
+_MATCHED = weakref.WeakKeyDictionary()  # VLM tower -> [(weakref to a CLIP tower, _weights_key of the pair)]
+
+
+def _weights_key(*towers) -> tuple:
+    """What identifies the towers' weights now: each parameter's storage, version counter, dtype and device
+    (an in-place change bumps the version, a ``.to()`` gives new storage)."""
+    return tuple((n, p.data_ptr(), p._version, p.dtype, p.device) for t in towers for n, p in t.named_parameters())
+
+
+def check_same_tower(clip_tower, vision_tower) -> None:
+    """Raise ``ValueError`` (one line: the first tensor that differs, by how much) unless the CLIP's
+    vision tower has the VLM's weights, every parameter the two share by name, up to rounding.
+
+    A pair found matching is remembered (weakly, per pair) until one of its weights changes, so
+    attaching the same model and CLIP again costs no second comparison.
+    """
+    key = _weights_key(clip_tower, vision_tower)
+    if any(ref() is clip_tower and seen == key for ref, seen in _MATCHED.get(vision_tower, ())):
+        return
+    differences = tower_differences(clip_tower, vision_tower)
+    if differences:
+        name, why = differences[0]
+        more = f"; {len(differences) - 1} more tensors differ" if len(differences) > 1 else ""
+        raise ValueError(f"the CLIP scorer's vision tower does not match the model's: different weights"
+                         f"{' in ' + name if name else ''} ({why}{more}; load the CLIP checkpoint the VLM's "
+                         "vision tower was taken from)")
+    others = [(ref, seen) for ref, seen in _MATCHED.get(vision_tower, ())
+              if ref() is not None and ref() is not clip_tower]
+    _MATCHED[vision_tower] = others + [(weakref.ref(clip_tower), key)]
+
+
 class CLIPScorer:
     """Scoring in CLIP space with a CLIP checkpoint that matches the VLM's vision tower.
 
@@ -104,16 +169,7 @@ class CLIPScorer:
                     f"the CLIP scorer's vision tower does not match the model's: {name} "
                     f"{getattr(ours, name)} != {getattr(theirs, name)}"
                 )
-        mine = self.clip.vision_model.embeddings.patch_embedding.weight
-        other = vision_tower.embeddings.patch_embedding.weight
-        if mine.shape != other.shape:
-            raise ValueError(f"the CLIP scorer's vision tower does not match the model's: patch embedding "
-                             f"{tuple(mine.shape)} != {tuple(other.shape)}")
-        gap, tolerance = weights_gap(mine, other)
-        if gap > tolerance:
-            raise ValueError(f"the CLIP scorer's vision tower does not match the model's: different weights (max "
-                             f"|difference| {gap:.3g} > {tolerance:.3g}, the rounding of {mine.dtype} / {other.dtype}; "
-                             "load the CLIP checkpoint the VLM's vision tower was taken from)")
+        check_same_tower(self.clip.vision_model, vision_tower)
 
     @torch.no_grad()
     def image_embeds(self, states: torch.Tensor) -> torch.Tensor:
