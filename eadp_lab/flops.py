@@ -176,6 +176,7 @@ def prefill_flops(
     lm_head_positions: str = "last",
     attention: str = "full",
     flops_per_mac: int = 2,
+    visual_per_layer=None,
 ) -> int:
     """FLOPs of the language model's prefill over ``n = num_visual_tokens + num_text_tokens`` tokens.
 
@@ -205,6 +206,9 @@ def prefill_flops(
         lm_head_positions: ``"last"`` | ``"all"`` (only used with ``include_lm_head``).
         attention: ``"full"`` | ``"causal"``.
         flops_per_mac: 2 (FLOPs) or 1 (multiply-adds).
+        visual_per_layer: the visual tokens each layer sees, one count per layer, for a method that
+            prunes inside the language model (the layers before its pruning point see every token);
+            ``None``: every layer sees ``num_visual_tokens``.
     Returns:
         FLOPs as an exact int.
     """
@@ -220,10 +224,21 @@ def prefill_flops(
 
     d, m, h = shape.hidden_size, shape.intermediate_size, shape.head_dim
     q_width, kv_width = shape.num_heads * h, shape.num_kv_heads * h
-    pairs = n * n if attention == "full" else n * (n + 1) // 2
-    per_layer = n * d * q_width + 2 * n * d * kv_width + n * q_width * d + 2 * q_width * pairs + 3 * n * d * m
+
+    def layer_macs(n: int) -> int:
+        pairs = n * n if attention == "full" else n * (n + 1) // 2
+        return n * d * q_width + 2 * n * d * kv_width + n * q_width * d + 2 * q_width * pairs + 3 * n * d * m
+
+    if visual_per_layer is None:
+        layers = shape.num_layers * layer_macs(n)
+    else:
+        counts = [_check_count("visual_per_layer", v) for v in visual_per_layer]
+        if len(counts) != shape.num_layers:
+            raise ValueError(f"visual_per_layer must give one count per layer ({shape.num_layers}), got {len(counts)}")
+        layers = sum(layer_macs(v + n_txt) for v in counts)
+        n = counts[-1] + n_txt  # what the LM head sees
     head_positions = 0 if not include_lm_head else (1 if lm_head_positions == "last" else n)
-    macs = shape.num_layers * per_layer + head_positions * d * shape.vocab_size
+    macs = layers + head_positions * d * shape.vocab_size
     return flops_per_mac * macs
 
 

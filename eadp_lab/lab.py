@@ -340,13 +340,18 @@ class Lab:
         return self._inputs_and_text(image, question)[0]
 
     def keep(self, image, question: str, method: str = "eadp", budget: int | None = 64, settings=None) -> PruneResult:
-        """What ``method`` keeps of ``image`` at ``budget`` (selection only, no language model).
+        """What ``method`` keeps of ``image`` at ``budget`` (selection only, no language model, for the
+        methods that prune the visual tokens the language model receives; the vision-encoder and in-LLM
+        methods run the model once, through :meth:`ask`, and return its record).
 
         The same :class:`~eadp_lab.PruneResult` that :meth:`ask` (through :func:`eadp_lab.attach`)
         computes for the same input: ``keep_mask`` ``(1, N)``, ``importance`` ``(1, N)`` float32
         (text-guided methods), ``picks``, ``trace``.
         """
         registry, settings = self.settings(method, settings)
+        if METHODS[registry].stage != "projector":  # it needs the model (its vision encoder or decoder layers)
+            answer = self.ask(image, question, method, budget, settings, max_new_tokens=1)
+            return answer.record.items[0].result
         inputs = self.prune_inputs(image, question)
         return prune(registry, inputs, inputs.features.shape[1] if budget is None else check_budget(budget), settings)
 

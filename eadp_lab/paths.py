@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-__all__ = ["CHECKOUT", "ROOT", "DATA", "MODELS", "CONFIGS", "RESULTS", "NOTEBOOKS", "LAB_MODELS", "DataError", "data_dir",
-           "lab_model", "repair_hint", "is_shipped"]
+__all__ = ["CHECKOUT", "ROOT", "DATA", "MODELS", "CONFIGS", "RESULTS", "NOTEBOOKS", "LAB_MODELS", "DataError",
+           "data_dir", "lab_model", "repair_hint", "is_shipped"]
 
 LAB_MODELS = ("lab-clip", "lab-clip-global", "lab-llava")  # the folders of data/models the package ships
 

@@ -58,7 +58,8 @@ from .methods.cdpruner import CDPrunerSettings
 from .methods.divprune import DivPruneSettings, image_max_min_diversity
 
 __all__ = ["config_from_settings", "run_case", "compare_case", "read_settings", "read_tensors", "save_tensors",
-           "CaseFileError", "INPUT_NAMES", "TRACKS", "Track", "register_track", "tracks", "track_of"]
+           "CaseFileError", "INPUT_NAMES", "TRACKS", "Track", "register_track", "tracks", "track_of", "DESCRIPTIVE",
+           "case_value", "case_int", "agree"]
 
 INPUT_NAMES = ("image_embeds", "image_features", "text_embeds", "text_embeds_seq")
 TRACKS = ("llava", "qwen_llm_space", "divprune", "cdpruner")  # the tracks this module runs itself
@@ -66,13 +67,49 @@ TRACKS = ("llava", "qwen_llm_space", "divprune", "cdpruner")  # the tracks this 
 
 @dataclass(frozen=True)
 class Track:
-    """A track another module runs: ``run(settings, inputs) -> outputs`` (dicts of tensors), the names of its
-    ``inputs`` (every other tensor of a case is an expected output), and ``as_sets``: outputs compared row by
-    row as sets (an order the published code leaves to CPython's set iteration)."""
+    """A track another module runs: ``run(settings, inputs) -> outputs`` (dicts of tensors).
+
+    Attributes:
+        inputs: the input tensors every case has; ``input_prefixes``: inputs a case has a varying number
+            of, ``PREFIX<n>`` (one per stage); every other tensor of a case is an expected output.
+        keys: the settings a case may give besides :data:`DESCRIPTIVE` (any other is an error).
+        as_sets: outputs compared row by row as sets (an order the published code leaves to CPython's set
+            iteration).
+    """
 
     run: Callable[[dict, dict], dict]
     inputs: tuple[str, ...]
     as_sets: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    input_prefixes: tuple[str, ...] = ()
+
+    def is_input(self, name: str) -> bool:
+        return name in self.inputs or any(name.startswith(p) and name[len(p):].isdigit()
+                                          for p in self.input_prefixes)
+
+
+DESCRIPTIVE = ("track", "inputs", "outputs", "source", "note")  # settings that describe a case, computing nothing
+
+
+def case_value(settings: dict, key: str):
+    """A setting the case must give; ``ValueError`` naming it otherwise."""
+    if key not in settings:
+        raise ValueError(f"the {settings.get('track')} case gives no {key!r}")
+    return settings[key]
+
+
+def case_int(settings: dict, key: str) -> int:
+    """An integer setting the case must give."""
+    value = case_value(settings, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def agree(settings: dict, key: str, value) -> None:
+    """A count a case states (derived from its other settings or its tensors) must be the lab's."""
+    if key in settings and settings[key] != value:
+        raise ValueError(f"the case states {key} = {settings[key]!r} but the lab computes {value!r}")
 
 
 _REGISTERED: dict[str, Track] = {}
@@ -80,12 +117,13 @@ _REGISTERED: dict[str, Track] = {}
 _TRACK_MODULES = ("eadp_lab.reference_vision", "eadp_lab.reference_llm")
 
 
-def register_track(name: str, inputs: tuple[str, ...], as_sets: tuple[str, ...] = ()):
+def register_track(name: str, inputs: tuple[str, ...], as_sets: tuple[str, ...] = (), keys: tuple[str, ...] = (),
+                   input_prefixes: tuple[str, ...] = ()):
     """Decorator: ``run(settings, inputs)`` becomes the runner of track ``name`` (see :class:`Track`)."""
     def decorator(run):
         if name in TRACKS or name in _REGISTERED:
             raise ValueError(f"track {name!r} is already registered")
-        _REGISTERED[name] = Track(run, tuple(inputs), tuple(as_sets))
+        _REGISTERED[name] = Track(run, tuple(inputs), tuple(as_sets), tuple(keys), tuple(input_prefixes))
         return run
     return decorator
 
@@ -219,8 +257,11 @@ def run_case(settings: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     track = settings.get("track", "llava")
     registered = track_of(settings)
     if registered is not None:
+        unknown = sorted(set(settings) - set(DESCRIPTIVE) - set(registered.keys))
+        if unknown:
+            raise ValueError(f"unknown settings in the {track} case: {unknown}")
         _require(tensors, registered.inputs)
-        return registered.run(settings, {k: v for k, v in tensors.items() if k in registered.inputs})
+        return registered.run(settings, {k: v for k, v in tensors.items() if registered.is_input(k)})
     if track == "divprune":
         return _run_divprune(settings, tensors)
     if track == "cdpruner":
@@ -258,9 +299,8 @@ def compare_case(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
     track's inputs are skipped and its ``as_sets`` outputs compared row by row as sets."""
     problems = []
     quotas = expected.get("token_quotas")
-    inputs = INPUT_NAMES if track is None else track.inputs
     for name, want in expected.items():
-        if name in inputs:
+        if name in INPUT_NAMES if track is None else track.is_input(name):
             continue
         if track is not None and name in track.as_sets and name in got:
             have = got[name]
@@ -345,8 +385,8 @@ def _run_file(settings: dict, tensors: dict[str, torch.Tensor], settings_path: P
     """:func:`run_case` on the case's inputs; a case it cannot run is a :class:`CaseFileError` naming its settings."""
     try:
         track = track_of(settings)
-        inputs = INPUT_NAMES if track is None else track.inputs
-        return run_case(settings, {k: v for k, v in tensors.items() if k in inputs})
+        return run_case(settings, {k: v for k, v in tensors.items()
+                                   if (k in INPUT_NAMES if track is None else track.is_input(k))})
     except ValueError as exc:
         raise CaseFileError(f"{settings_path}: {exc}") from None
 
@@ -384,5 +424,7 @@ def main(argv=None) -> int:
     return 1 if problems else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as a module: use the imported copy, where the track modules register
+    from eadp_lab.reference import main as _main
+
+    sys.exit(_main())

@@ -35,9 +35,11 @@ def test_random_draws_a_seed_per_batch_and_sign_override():
 def test_every_registry_method_and_ablation_is_known():
     from eadp_lab import METHODS
 
-    assert set(METHODS) | set(A.ABLATIONS) == set(A.DEFAULT_METHODS)
+    from eadp_lab.methods.settings import FIELD_METHODS
+
+    assert set(METHODS) | set(A.ABLATIONS) == set(A.DEFAULT_METHODS) | set(FIELD_METHODS)
     with pytest.raises(ValueError, match="method"):
-        A.method_settings("fastv")
+        A.method_settings("nosuch")
 
 
 def test_first_word():
@@ -48,12 +50,12 @@ def test_first_word():
 
 def test_bad_arguments(capsys):
     with pytest.raises(SystemExit):
-        A.main(["--methods", "fastv"])
+        A.main(["--methods", "nosuch"])
     with pytest.raises(SystemExit):
         A.main(["--budgets", "0,14"])
     with pytest.raises(SystemExit):
         A.main(["--question-file", "x.jsonl"])
-    assert "fastv" in capsys.readouterr().err
+    assert "nosuch" in capsys.readouterr().err
 
 
 def test_command_end_to_end(tmp_path, capsys):

@@ -117,7 +117,7 @@ def test_a_launched_demo_ends_with_barrier_destroy_then_os_exit(tmp_path, monkey
 
 @pytest.mark.parametrize("argv, message", [(["--threads", "0"], "argument --threads: must be >= 1, got 0"),
                                            (["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
-                                           (["--items", "0"], "items"), (["--method", "fastv"], "method")])
+                                           (["--items", "0"], "items"), (["--method", "nosuch"], "method")])
 def test_bad_arguments_stop_every_process_before_the_group_forms(monkeypatch, capsys, argv, message):
     monkeypatch.setattr(distributed, "process_state", lambda: pytest.fail("the process group was formed"))
     with pytest.raises(SystemExit) as exc:

@@ -101,6 +101,6 @@ def test_bad_arguments(lab, records):
     with pytest.raises(ValueError, match="record"):
         Explorer(lab, [])
     with pytest.raises(ValueError, match="method"):
-        Explorer(lab, records, method="fastv")
+        Explorer(lab, records, method="nosuch")
     with pytest.raises(ValueError, match="budget"):
         Explorer(lab, records, budget=0)

@@ -106,7 +106,7 @@ def test_word_scores(lab, record):
 def test_bad_input(lab, record):
     q = record.question.text
     with pytest.raises(ValueError, match="method"):
-        lab.ask(record.image, q, method="fastv")
+        lab.ask(record.image, q, method="nosuch")
     with pytest.raises(ValueError, match="budget"):
         lab.keep(record.image, q, "eadp", budget=0)
     with pytest.raises(ValueError, match="image"):

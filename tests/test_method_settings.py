@@ -6,8 +6,8 @@ import torch
 
 import tiny_vlms as T
 from eadp_lab import attach, preset
-from eadp_lab.methods.settings import (ABLATIONS, DEFAULT_METHODS, SIGN_KEY, clip_similarity_sign, default_settings,
-                                       method_names, method_settings)
+from eadp_lab.methods.settings import (ABLATIONS, DEFAULT_METHODS, FIELD_METHODS, SIGN_KEY, clip_similarity_sign,
+                                       default_settings, method_names, method_settings)
 
 
 def test_a_clip_declares_its_sign_in_its_config_and_bad_values_are_refused():
@@ -26,7 +26,8 @@ def test_defaults_are_the_family_presets_and_the_sign_replaces_only_the_sign():
     assert default_settings("eadp", "llava", sign=1.0) == preset("llava-1.5", faithful=True).replace(similarity_sign=1.0)
     assert default_settings("pool", sign=1.0) == default_settings("pool")  # no sign to replace
     assert method_settings("eadp-topk", sign=1.0)[1] == default_settings("eadp", sign=1.0).replace(selection="topk")
-    assert set(method_names()) == set(DEFAULT_METHODS) and set(ABLATIONS) < set(method_names())
+    assert set(method_names()) == set(DEFAULT_METHODS) | set(FIELD_METHODS)
+    assert set(ABLATIONS) < set(method_names())
 
 
 @torch.no_grad()

@@ -43,7 +43,9 @@ def batch_of(samples):
 
 
 def test_registry_names():
-    assert sorted(METHODS) == sorted(NAMES)
+    from eadp_lab.methods.settings import FIELD_METHODS
+
+    assert sorted(METHODS) == sorted(NAMES + list(FIELD_METHODS))  # NAMES: the ones prune() runs on features
     for m in METHODS.values():
         assert m.reference  # every method says where it comes from
 
@@ -262,7 +264,7 @@ def test_empty_instruction(method):
 def test_unknown_method_and_settings():
     inputs = PruneInputs(**sample(0))
     with pytest.raises(ValueError, match="method"):
-        prune("fastv", inputs, 8)
+        prune("nosuch", inputs, 8)
     with pytest.raises(ValueError, match=r"^unknown eadp setting 'alpah'; known: 'alpha', "):
         prune("eadp", inputs, 8, alpah=0.3)
     with pytest.raises(ValueError, match="settings"):

@@ -60,45 +60,49 @@ def _seed(seed):
     torch.manual_seed(seed)
 
 
-def llava(seed=0):
+def llava(seed=0, text_layers=2):
     _seed(seed)
-    cfg = LlavaConfig(vision_config=CLIP, text_config=LLAMA, image_token_index=IMG, vision_feature_layer=-2,
+    text = dict(LLAMA, num_hidden_layers=text_layers)
+    cfg = LlavaConfig(vision_config=CLIP, text_config=text, image_token_index=IMG, vision_feature_layer=-2,
                       vision_feature_select_strategy="default")
     return LlavaForConditionalGeneration(cfg).eval()
 
 
-def llava_next(seed=0):
+def llava_next(seed=0, text_layers=2):
     _seed(seed)
-    cfg = LlavaNextConfig(vision_config=CLIP, text_config=LLAMA, image_token_index=IMG, image_grid_pinpoints=PINPOINTS,
+    text = dict(LLAMA, num_hidden_layers=text_layers)
+    cfg = LlavaNextConfig(vision_config=CLIP, text_config=text, image_token_index=IMG, image_grid_pinpoints=PINPOINTS,
                           vision_feature_layer=-2, vision_feature_select_strategy="default")
     return LlavaNextForConditionalGeneration(cfg).eval()
 
 
-def llava_next_video(seed=0):
+def llava_next_video(seed=0, text_layers=2):
     _seed(seed)
-    cfg = LlavaNextVideoConfig(vision_config=CLIP, text_config=LLAMA, image_token_index=IMG, video_token_index=VID,
+    text = dict(LLAMA, num_hidden_layers=text_layers)
+    cfg = LlavaNextVideoConfig(vision_config=CLIP, text_config=text, image_token_index=IMG, video_token_index=VID,
                                image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
                                vision_feature_select_strategy="default", spatial_pool_mode="average",
                                spatial_pool_stride=2)
     return LlavaNextVideoForConditionalGeneration(cfg).eval()
 
 
-def llava_onevision(seed=0):
+def llava_onevision(seed=0, text_layers=2):
     _seed(seed)
-    cfg = LlavaOnevisionConfig(vision_config=SIGLIP, text_config=QWEN2, image_token_index=IMG, video_token_index=VID,
+    text = dict(QWEN2, num_hidden_layers=text_layers)
+    cfg = LlavaOnevisionConfig(vision_config=SIGLIP, text_config=text, image_token_index=IMG, video_token_index=VID,
                                image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
                                vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9")
     return LlavaOnevisionForConditionalGeneration(cfg).eval()
 
 
-def qwen2_5_vl(seed=0):
+def qwen2_5_vl(seed=0, text_layers=2):
     _seed(seed)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=2,
                   spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2, window_size=8,
                   out_hidden_size=32, fullatt_block_indexes=[1])
-    text = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, max_position_embeddings=512, pad_token_id=PAD, bos_token_id=BOS,
-                eos_token_id=EOS, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+    text = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, pad_token_id=PAD,
+                bos_token_id=BOS, eos_token_id=EOS, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                    "mrope_section": [2, 3, 3]})
     cfg = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=IMG, video_token_id=VID,
                            vision_start_token_id=QV_START, vision_end_token_id=QV_END)

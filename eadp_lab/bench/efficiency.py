@@ -69,7 +69,7 @@ from .._io import OutputPathError, check_output, save_json
 from .._io import write_json as _write_json
 from ..evaluation import DTYPES, prompt_for
 from ..evaluation.loading import ModelLoadError, load_checked, load_error
-from ..flops import kv_cache_bytes, prefill_flops
+from ..flops import kv_cache_bytes, language_model_shape, prefill_flops
 
 __all__ = [
     "TINY_LLAVA",
@@ -351,15 +351,23 @@ def sample_counts(config, input_ids: torch.Tensor, past_key_values, record=None)
     if input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must hold one sample, got shape {tuple(input_ids.shape)}")
     before, L = placeholder_count(config, input_ids), int(input_ids.shape[1])
+    per_layer = None
     if record is None:
         visual, length = before, L
     else:
         visual, length = sum(item.tokens_after for item in record.items), record.length_after
+        if record.visual_per_layer is not None:  # a method inside the LM: its first layers see every token
+            per_layer = record.visual_per_layer[0]
     element = _cache_tensors(past_key_values)[0].element_size()
-    return dict(visual_tokens_before=before, visual_tokens=visual, text_tokens=length - visual, sequence_before=L,
-                sequence=length, prefill_flops=prefill_flops(config, visual, length - visual),
+    text = length - visual
+    layers = [visual] * language_model_shape(config).num_layers if per_layer is None else per_layer
+    return dict(visual_tokens_before=before, visual_tokens=visual, text_tokens=text, sequence_before=L,
+                sequence=length, prefill_flops=prefill_flops(config, visual, text, visual_per_layer=per_layer),
+                full_layers=sum(v == before for v in layers),  # layers that still see every visual token
                 kv_cache_bytes=cache_bytes(past_key_values),
-                kv_cache_bytes_analytic=kv_cache_bytes(config, length, dtype_bytes=element))
+                # the cache holds, per layer, what that layer saw
+                kv_cache_bytes_analytic=sum(kv_cache_bytes(config, v + text, dtype_bytes=element)
+                                            for v in layers) // len(layers))
 
 
 class PeakMemory:
@@ -523,6 +531,7 @@ def measure_configuration(model, samples: list[dict], method: str, budget: int |
         prefill_flops=round(_mean(s["prefill_flops"] for s in per_sample)),
         kv_cache_bytes=round(_mean(s["kv_cache_bytes"] for s in per_sample)),
         kv_cache_bytes_analytic=round(_mean(s["kv_cache_bytes_analytic"] for s in per_sample)),
+        full_layers=_mean(s["full_layers"] for s in per_sample),
         peak_memory_mib=peak / 2**20, peak_memory_delta_mib=delta / 2**20, memory_source=memory.source,
         samples=per_sample,
         prefill_ms_all=[1e3 * t for t in prefill], generate_ms_all=[1e3 * t for t in generate],
@@ -688,10 +697,10 @@ def format_table(result: dict) -> str:
         f"{s['warmup']} warm-up call(s) each; generate decodes {s['max_new_tokens']} tokens; scoring={s['scoring']}",
         f"times: medians; overhead = pruner.last.seconds (scoring + selection), model = prefill - overhead; "
         f"speed-up and FLOPs ratio against none",
-        f"memory: {s['memory_source']}",
+        f"memory: {s['memory_source']}; full: decoder layers that see every visual token (methods inside the LM)",
         f"FLOPs: {s['flops_convention']}",
     ]
-    header = (f"{'method':<10} {'budget':>6} {'visual':>6} {'seq':>5} | {'prefill ms':>10} {'speed-up':>8} "
+    header = (f"{'method':<11} {'budget':>6} {'visual':>6} {'seq':>5} {'full':>4} | {'prefill ms':>10} {'speed-up':>8} "
               f"{'model ms':>9} {'overhead ms':>11} | {'generate ms':>11} {'speed-up':>8} | {'GFLOPs':>8} "
               f"{'ratio':>6} | {'KV MiB':>7} {'analytic':>8} | {'peak MiB':>8} {'+delta':>7}")
     lines += [header, "-" * len(header)]
@@ -700,7 +709,8 @@ def format_table(result: dict) -> str:
         visual = r["visual_tokens"] if isinstance(r["visual_tokens"], int) else f"{r['visual_tokens']:.1f}"
         seq = r["sequence"] if isinstance(r["sequence"], int) else f"{r['sequence']:.1f}"
         lines.append(
-            f"{r['method']:<10} {budget:>6} {visual:>6} {seq:>5} | {r['prefill_ms']:>10.2f} "
+            f"{r['method']:<11} {budget:>6} {visual:>6} {seq:>5} {r.get('full_layers', 0):>4g} | "
+            f"{r['prefill_ms']:>10.2f} "
             f"{r['prefill_speedup']:>7.2f}x {r['prefill_model_ms']:>9.2f} {r['overhead_ms']:>11.2f} | "
             f"{r['generate_ms']:>11.2f} {r['generate_speedup']:>7.2f}x | {r['prefill_gflops']:>8.3f} "
             f"{r['flops_ratio']:>6.3f} | {r['kv_cache_mib']:>7.3f} {r['kv_cache_analytic_mib']:>8.3f} | "

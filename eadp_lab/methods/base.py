@@ -29,6 +29,56 @@ __all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune
 
 
 @dataclass
+class VisionStates:
+    """A row batch's vision encoder, for the methods that read its attention (``stage="vision"``).
+
+    Attributes:
+        inputs: ``{layer: (R, S, C)}`` the input of each encoder layer a method needs (0-based), as the
+            model computed them; ``S = 1 + N`` with a [CLS] token at 0 when ``cls``.
+        output: ``(R, S, C)`` the states the model reads (its ``vision_feature_layer``, before [CLS] is cut).
+        layers: the encoder's layer modules (their count is the encoder's depth).
+        project: maps vision states ``(R, T, C)`` to what the language model receives ``(R, T, D)``.
+        feature_layer: the ``hidden_states`` index the model reads (LLaVA's ``vision_feature_layer``, -2).
+        cls: whether position 0 of every state is a [CLS] token.
+    """
+
+    inputs: dict
+    output: torch.Tensor
+    layers: Any
+    project: Callable
+    feature_layer: int = -2
+    cls: bool = True
+
+    def rows(self, rows: slice) -> "VisionStates":
+        """The states of some rows."""
+        return dataclasses.replace(self, inputs={k: v[rows] for k, v in self.inputs.items()},
+                                   output=self.output[rows])
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def read_layer(self) -> int:
+        """The index of the encoder layer whose output the model reads (``vision_feature_layer``)."""
+        return read_layer(self.depth, self.feature_layer)
+
+    def input_of(self, layer: int, method: str) -> torch.Tensor:
+        """``(R, S, C)`` the input of encoder layer ``layer``; ``ValueError`` naming ``method`` if it was not kept."""
+        if layer not in self.inputs:
+            raise ValueError(f"{method} needs the input of vision layer {layer}, which was not recorded")
+        return self.inputs[layer]
+
+
+def read_layer(depth: int, feature_layer: int) -> int:
+    """The 0-based encoder layer whose output is ``hidden_states[feature_layer]`` of a ``depth``-layer encoder
+    (``hidden_states`` holds the embeddings, then every layer's output: ``-2`` is layer ``depth - 2``)."""
+    layer = feature_layer % (depth + 1) - 1
+    if not 0 <= layer < depth:
+        raise ValueError(f"vision_feature_layer {feature_layer} is not the output of one of {depth} encoder layers")
+    return layer
+
+
+@dataclass
 class PruneInputs:
     """What a pruning method may look at, for a batch of rows.
 
@@ -45,6 +95,8 @@ class PruneInputs:
             real tokens first, in raster order, and padding after them (AnyRes tiles cut by
             unpadding, crops of different sizes). Padding is never kept and carries no importance.
         rows_per_image: rows of each image, consecutive; ``None``: one row per image.
+        vision: the rows' vision encoder (:class:`VisionStates`), for the methods that read its
+            attention (VisionZip, HiPrune); ``None`` otherwise.
     """
 
     features: torch.Tensor
@@ -54,6 +106,7 @@ class PruneInputs:
     text_mask: torch.Tensor | None = None
     grid: tuple[int, int] | list[tuple[int, int]] | None = None
     rows_per_image: tuple[int, ...] | None = None
+    vision: VisionStates | None = None
 
     def __post_init__(self):
         check_ndim("features", self.features, 3, "(R, N, D)")
@@ -109,6 +162,15 @@ class PruneInputs:
     def scoring_embeds(self) -> torch.Tensor:
         """``(R, N, C)``: ``image_embeds``, or ``features`` when scoring in LLM space."""
         return self.features if self.image_embeds is None else self.image_embeds
+
+    def require_vision(self, method: str) -> VisionStates:
+        """The vision encoder's states; ``ValueError`` naming ``method`` if they are missing or have no [CLS]."""
+        if self.vision is None:
+            raise ValueError(f"{method} reads the vision encoder's attention: attach it to a model "
+                             "(eadp_lab.attach), or give PruneInputs.vision")
+        if not self.vision.cls:
+            raise ValueError(f"{method} needs a [CLS] token, which this vision encoder does not have")
+        return self.vision
 
     def require_text(self, method: str) -> None:
         """Raise unless the inputs carry an instruction with at least one text token."""
@@ -211,6 +273,7 @@ class PruneInputs:
                 text_mask=mask,
                 grid=self.grid[rows] if self.ragged else self.grid,
                 rows_per_image=(self.rows_per_image[i],),
+                vision=None if self.vision is None else self.vision.rows(rows),
             ))
         return out
 
@@ -301,28 +364,42 @@ class PruneResult:
         return gather_kept(features, self.keep_mask)
 
 
+STAGES = ("projector", "vision", "llm")  # where a method prunes (see Method.stage)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registered pruning method."""
+    """A registered pruning method.
+
+    ``stage`` says where it prunes: ``"projector"``, on the visual tokens the language model is
+    about to receive (``run(inputs, budget, settings) -> PruneResult``, through :func:`prune`);
+    ``"vision"``, the same but reading the vision encoder's attention (``inputs.vision``); ``"llm"``,
+    inside the language model between decoder layers (``run(settings, budget, depth)`` returns an
+    :class:`eadp_lab.models.decoder.DecoderPlan` that :func:`eadp_lab.attach` runs; :func:`prune`
+    cannot run it on features alone).
+    """
 
     name: str
-    run: Callable[[PruneInputs, int, Any], PruneResult]
+    run: Callable[..., Any]
     settings: type
     text_guided: bool
     reference: str
+    stage: str = "projector"
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, settings: type, text_guided: bool, reference: str):
-    """Decorator: register ``run(inputs, budget, settings) -> PruneResult`` under ``name``.
+def register(name: str, settings: type, text_guided: bool, reference: str, stage: str = "projector"):
+    """Decorator: register ``run`` under ``name`` (see :class:`Method` for what ``run`` is at each ``stage``).
 
-    ``run`` sees one image at a time (its crops or frames as rows); :func:`prune` batches.
+    A ``"projector"`` or ``"vision"`` ``run`` sees one image at a time (its crops or frames as rows);
+    :func:`prune` batches.
     """
+    check_choice("stage", stage, STAGES)
 
     def wrap(run):
-        METHODS[name] = Method(name, run, settings, text_guided, reference)
+        METHODS[name] = Method(name, run, settings, text_guided, reference, stage)
         return run
 
     return wrap
@@ -388,6 +465,9 @@ def prune(method: str, inputs: PruneInputs, budget: int, settings=None, **overri
     """
     check_choice("method", method, METHODS)
     entry = METHODS[method]
+    if entry.stage == "llm":
+        raise ValueError(f"{method} prunes inside the language model, between decoder layers: attach it to a "
+                         f"model (eadp_lab.attach(model, {method!r}, budget=...)); prune() works on features alone")
     budget = check_budget(budget)
     settings = resolve_settings(method, settings, overrides)
     if entry.text_guided:

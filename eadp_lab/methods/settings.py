@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-__all__ = ["DEFAULT_PRESETS", "ABLATIONS", "BASELINE_VIDEO", "DEFAULT_METHODS", "SIGN_KEY", "clip_similarity_sign",
-           "with_sign", "default_settings", "method_settings", "method_names"]
+__all__ = ["DEFAULT_PRESETS", "ABLATIONS", "BASELINE_VIDEO", "DEFAULT_METHODS", "FIELD_METHODS", "SIGN_KEY",
+           "clip_similarity_sign", "with_sign", "default_settings", "method_settings", "method_names"]
 
 # Paper-faithful defaults (content tokens only) per family and modality.
 DEFAULT_PRESETS = {
@@ -43,6 +43,9 @@ ABLATIONS = {
 }
 DEFAULT_METHODS = ("none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
                    "pool", "divprune", "cdpruner")
+# The field's other methods, beside EADP's baselines: in the vision encoder and inside the language model.
+# The bench runs them when named (--methods); they join DEFAULT_METHODS when the long runs include them.
+FIELD_METHODS = ("visionzip", "hiprune", "fastv", "pyramiddrop", "dart", "sparsevlm")
 
 # The baselines on videos: one selection (DivPrune) and one min-max (CDPruner) per frame. On images
 # their settings' own defaults apply: the published rule over an image's (AnyRes) crops.

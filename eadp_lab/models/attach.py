@@ -29,7 +29,7 @@ import torch
 from .._checks import check_budget_or_fraction, check_choice, check_int
 from ..config import EADPConfig
 from ..methods import METHODS, PruneInputs, PruneResult, prune
-from ..methods.base import resolve_settings
+from ..methods.base import resolve_settings, selection_result
 from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
 from .layouts import ItemLayout, family_of, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
@@ -55,7 +55,7 @@ class ItemRecord:
     instruction: str | None
     tokens_before: int  # visual tokens the model produced (newlines included)
     tokens_after: int  # visual tokens the language model received
-    kept: torch.Tensor  # (tokens_after,) indices into the item's tokens, ascending
+    kept: torch.Tensor  # indices into the item's tokens, ascending (for VisionZip: the sources of its outputs)
     result: PruneResult
     layout: ItemLayout
     text_tokens: list[str]
@@ -69,6 +69,7 @@ class CallRecord:
     length_before: int = 0
     length_after: int = 0
     kept_columns: torch.Tensor | None = None  # (B, length_before) bool: prompt positions the LM saw
+    visual_per_layer: list[list[int]] | None = None  # in-LLM methods: per sample, visual tokens each layer saw
     seconds: float = 0.0  # time spent scoring and selecting (the method's overhead)
 
 
@@ -162,10 +163,22 @@ class Pruner:
             self.scorer = LLMScorer(model.get_input_embeddings(), tokenizer, text_positions, special_token_ids(model))
             self.sign = None
         self._settings = _settings_by_modality(method, self.family, settings, overrides, self.sign)
+        self.stage = METHODS[method].stage
+        self.decoder = None
+        if self.stage == "vision" and positions == "original" and METHODS[method].name == "visionzip":
+            raise ValueError("visionzip feeds merged tokens that have no original positions: use "
+                             "positions='renumber' (its published setting)")
+        if self.stage == "llm":  # the plan is checked against the model's depth here, not at the first call
+            from .decoder import DecoderPruner, language_model
+
+            depth = len(language_model(model).layers)
+            self._plan = METHODS[method].run(next(iter(self._settings.values())), depth)
+            DecoderPruner.check(model, self._plan)
         self.instructions: list[str] | None = None
         self.history: list[CallRecord] = []
         self._previous_prompt = None
         self._captured: dict = {}
+        self._vision_inputs: dict = {}
         self._state = None
         self._install()
 
@@ -183,6 +196,19 @@ class Pruner:
                 if original is not None:
                     self._wrapped[name] = vars(self.inner).get(name, _CLASS_METHOD)  # what to put back
                     setattr(self.inner, name, self._capturing(modality, original))
+            if self.stage == "llm":
+                from .decoder import DecoderPruner
+
+                self.decoder = DecoderPruner(self.model, self._plan)
+                self._finish = self.inner.register_forward_hook(self._finish_llm)
+            if self.stage == "vision" and self.family == "llava":  # record the inputs of the layers it reads
+                from ..methods.in_vision import vision_layers
+
+                layers = self._encoder_layers()
+                needed = vision_layers(self.method, next(iter(self._settings.values())), len(layers),
+                                       self.model.config.vision_feature_layer)
+                self._vision_hooks = [layers[i].register_forward_pre_hook(self._record_vision_inputs(i),
+                                                                          with_kwargs=True) for i in needed]
             self._handle = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         except BaseException:
             self.remove()
@@ -193,6 +219,15 @@ class Pruner:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.remove()
+        decoder, self.decoder = getattr(self, "decoder", None), None
+        if decoder is not None:
+            decoder.remove()
+        finish, self._finish = getattr(self, "_finish", None), None
+        if finish is not None:
+            finish.remove()
+        for hook in getattr(self, "_vision_hooks", []):
+            hook.remove()
+        self._vision_hooks, self._vision_inputs = [], {}
         for name, previous in self._wrapped.items():
             if previous is _CLASS_METHOD:
                 delattr(self.inner, name)  # the class's own method shows through again
@@ -294,9 +329,40 @@ class Pruner:
             return max(1, round(self.budget * full))
         return int(self.budget)
 
-    def _prune_item(self, feats, layout, text, settings) -> PruneResult:
-        inputs = item_inputs(feats, layout, text, self.scorer, METHODS[self.method].text_guided)
+    def _prune_item(self, feats, layout, text, settings, vision=None) -> PruneResult:
+        inputs = item_inputs(feats, layout, text, self.scorer, METHODS[self.method].text_guided, vision)
         return prune(self.method, inputs, self._budget(layout), settings)  # overrides applied when attaching
+
+    def _vision_states(self, modality, index, layout):
+        """The vision encoder's states of one item, for the methods that read its attention (LLaVA-1.5 images)."""
+        from ..methods.base import VisionStates
+
+        name = self.method
+        if self.family != "llava" or modality != "image":
+            cls_free = self.family in ("qwen2_5_vl", "llava_onevision")
+            why = ("its vision encoder has no [CLS] token" if cls_free and name == "visionzip" else
+                   "it is implemented here for LLaVA-1.5 images (one CLIP view per image)")
+            raise ValueError(f"{name} cannot prune this {type(self.model).__name__} {modality}: {why}")
+        captured = self._captured.get(modality)
+        states = getattr(captured[1], "hidden_states", None) if captured is not None else None
+        feature_layer = self.model.config.vision_feature_layer
+        if states is None or states[feature_layer] is None or not self._vision_inputs:
+            raise ValueError(f"{name}: the vision tower's states were not recorded")
+        return VisionStates({k: v[index:index + 1] for k, v in self._vision_inputs.items()},
+                            states[feature_layer][index:index + 1], self._encoder_layers(),
+                            self.inner.multi_modal_projector, feature_layer, cls=True)
+
+    def _encoder_layers(self) -> list:
+        tower = self.inner.vision_tower
+        encoder = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
+        if encoder is None or not hasattr(encoder, "layers"):
+            raise ValueError(f"{self.method}: the vision tower {type(tower).__name__} has no encoder layers to read")
+        return list(encoder.layers)
+
+    def _record_vision_inputs(self, index: int):
+        def hook(module, args, kwargs):
+            self._vision_inputs[index] = args[0] if args else kwargs["hidden_states"]
+        return hook
 
     def _kept(self, layout, result, feats) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept token indices of an item (ascending) and the features the LM receives for them."""
@@ -305,7 +371,8 @@ class Pruner:
         for r, idx in enumerate(layout.rows):
             if result.merged is not None:
                 q = int(result.quotas[r])
-                cells = idx[result.picks[r, :q].cpu()]
+                # merged tokens that stand for no single token (VisionZip) take the row's first places
+                cells = idx[:q] if result.extra.get("placement") == "leading" else idx[result.picks[r, :q].cpu()]
                 feats_out = feats_out.clone() if feats_out is feats else feats_out
                 feats_out[cells.to(feats.device)] = result.merged[r, :q].to(feats.dtype)
                 chosen.append(cells)
@@ -332,9 +399,91 @@ class Pruner:
             out = [t[None] for t in kept_items]  # the model flattens each (1, k, D)
         return BaseModelOutputWithPooling(pooler_output=out)
 
+    def _visual_items(self, ids, mm):
+        """Per modality: the items' features, their layouts and their placeholders' ``(sample, column)``."""
+        out = []
+        for modality in ("image", "video"):
+            found = mm.get(modality)
+            if found is None:
+                continue
+            token_id = getattr(self.model.config, f"{modality}_token_id")
+            items = self._items(found.pooler_output)
+            where = (ids == token_id).nonzero()  # row-major: the order masked_scatter fills
+            if len(where) != sum(len(t) for t in items):
+                raise ValueError(f"{len(where)} {modality} placeholders for {sum(len(t) for t in items)} features "
+                                 "(beam search and num_return_sequences > 1 are not supported with pruning)")
+            starts, samples = [0], []
+            for t in items:
+                samples.append(int(where[starts[-1], 0]))
+                starts.append(starts[-1] + len(t))
+            layouts = item_layouts(self.family, self.inner, modality, [len(t) for t in items], samples,
+                                   self._captured.get(modality))
+            out.append((modality, items, layouts, [where[a:b] for a, b in zip(starts, starts[1:])]))
+        return out
+
+    def _prefill_llm(self, kwargs):
+        """An in-LLM method's prefill: the prompt goes to the language model whole; the decoder hooks prune
+        (each sample keeps its items' budgets: tokens per row, as the other methods, or a fraction)."""
+        ids = kwargs["input_ids"]
+        mm = self._encode(kwargs)
+        keep = [0] * ids.shape[0]
+        visual = torch.zeros_like(ids, dtype=torch.bool)
+        record = CallRecord(length_before=int(ids.shape[1]))
+        for modality, items, layouts, wheres in self._visual_items(ids, mm):
+            for feats, layout, where in zip(items, layouts, wheres):
+                visual[where[:, 0], where[:, 1]] = True
+                n = len(feats)
+                if isinstance(self.budget, float):
+                    keep[layout.sample] += max(1, round(self.budget * n))
+                else:
+                    keep[layout.sample] += min(n, int(self.budget) * len(layout.rows))
+                record.items.append(ItemRecord(modality, layout.sample, None, n, n, torch.arange(n), None, layout,
+                                               []))
+                record.items[-1].columns = where[:, 1].cpu()
+        self.decoder.plan.begin(keep)
+        self.decoder.prompt_visual = visual
+        kwargs["mm_encoder_outputs"] = mm
+        record.length_after = record.length_before
+        self._pending = record
+        self.history = (self.history + [record])[-self.keep_history:]
+        return kwargs
+
+    def _finish_llm(self, module, args, output):
+        """After an in-LLM prefill: each item's kept tokens, from what the last drop kept."""
+        record, self._pending = getattr(self, "_pending", None), None
+        if record is None or not self.decoder.records:
+            return None
+        stages = self.decoder.records[-1]["stages"]
+        if not stages:
+            return None
+        record.length_after = stages[-1]["length_after"]
+        depth = len(self.decoder.layers)
+        before = self.decoder.records[-1]["visual_before"]
+        record.visual_per_layer = []
+        for b, count in enumerate(before):
+            per_layer = [count] * depth
+            for stage in stages:
+                per_layer[stage["layer"]:] = [stage["visual_after"][b]] * (depth - stage["layer"])
+            record.visual_per_layer.append(per_layer)
+        record.seconds = sum(s["note"].get("seconds", 0.0) for s in stages)
+        settings = next(iter(self._settings.values()))
+        items_of = {}
+        for item in record.items:
+            items_of[item.sample] = items_of.get(item.sample, 0) + 1
+        for item in record.items:
+            kept_columns = stages[-1]["kept_origin"][item.sample].cpu()
+            kept = torch.isin(item.columns, kept_columns).nonzero().squeeze(1)
+            # what the last layers see: the kept tokens, and the merged ones of a one-item sample (SparseVLM)
+            seen = stages[-1]["visual_after"][item.sample] if items_of[item.sample] == 1 else len(kept)
+            item.kept, item.tokens_after = kept, int(seen)
+            item.result = selection_result(self.method, settings, int(len(kept)), kept[None], item.tokens_before)
+        return None
+
     def _prefill(self, kwargs):
         import time
 
+        if self.stage == "llm":
+            return self._prefill_llm(kwargs)
         ids = kwargs["input_ids"]
         B, L = ids.shape
         mask_in = kwargs.get("attention_mask")
@@ -352,22 +501,7 @@ class Pruner:
         text_cache: dict[int, object] = {}
         keep = mask.bool().clone()
         new_mm, record = {}, CallRecord(length_before=L)
-        for modality in ("image", "video"):
-            out = mm.get(modality)
-            if out is None:
-                continue
-            token_id = getattr(self.model.config, f"{modality}_token_id")
-            items = self._items(out.pooler_output)
-            where = (ids == token_id).nonzero()  # row-major: the order masked_scatter fills
-            if len(where) != sum(len(t) for t in items):
-                raise ValueError(f"{len(where)} {modality} placeholders for {sum(len(t) for t in items)} features "
-                                 "(beam search and num_return_sequences > 1 are not supported with pruning)")
-            starts, samples = [0], []
-            for t in items:
-                samples.append(int(where[starts[-1], 0]))
-                starts.append(starts[-1] + len(t))
-            layouts = item_layouts(self.family, self.inner, modality, [len(t) for t in items], samples,
-                                   self._captured.get(modality))
+        for modality, items, layouts, wheres in self._visual_items(ids, mm):
             settings = self._settings[modality]
             kept_items = []
             for i, (feats, layout) in enumerate(zip(items, layouts)):
@@ -383,17 +517,18 @@ class Pruner:
                         else:
                             text_cache[b] = self.scorer.text(ids=span)
                     text = text_cache[b]
+                vision = self._vision_states(modality, i, layout) if self.stage == "vision" else None
                 with torch.no_grad():
-                    result = self._prune_item(feats.detach(), layout, text, settings)
+                    result = self._prune_item(feats.detach(), layout, text, settings, vision)
                 kept, kept_feats = self._kept(layout, result, feats)
                 kept_items.append(kept_feats)
-                positions = where[starts[i] : starts[i + 1]]
+                positions = wheres[i]
                 drop = torch.ones(len(feats), dtype=torch.bool)
                 drop[kept] = False
                 keep[positions[drop.to(positions.device), 0], positions[drop.to(positions.device), 1]] = False
                 record.items.append(ItemRecord(
-                    modality, b, instructions[b][0], len(feats), len(kept), kept, result, layout,
-                    [] if text is None else text.tokens,
+                    modality, b, instructions[b][0], len(feats), len(kept), _sources(layout, result, kept), result,
+                    layout, [] if text is None else text.tokens,
                 ))
             new_mm[modality] = self._container(modality, kept_items)
         self.instructions = None
@@ -474,6 +609,15 @@ class Pruner:
         return kwargs
 
 
+def _sources(layout: ItemLayout, result: PruneResult, kept: torch.Tensor) -> torch.Tensor:
+    """The item's tokens its kept tokens come from: ``kept`` itself, except for merged tokens placed first
+    (VisionZip), whose sources are the patches the method picked (ascending)."""
+    if result.extra.get("placement") != "leading":
+        return kept
+    parts = [idx[result.picks[r][result.picks[r] >= 0].cpu()] for r, idx in enumerate(layout.rows)]
+    return torch.unique(torch.cat(parts)) if parts else kept
+
+
 def special_token_ids(model) -> set[int]:
     """Token ids an LLM-space scorer never scores: visual placeholders, start, end and padding."""
     config = model.config
@@ -484,7 +628,8 @@ def special_token_ids(model) -> set[int]:
     return {i for i in ids if isinstance(i, int)}
 
 
-def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_vision: bool = True) -> PruneInputs:
+def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_vision: bool = True,
+                vision=None) -> PruneInputs:
     """The :class:`PruneInputs` of one image or video: its rows (crops, frames) padded to ``N``.
 
     Args:
@@ -493,6 +638,8 @@ def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_v
         text: the instruction's ``TextEmbeddings`` or ``None``.
         scorer: the pruner's scorer; a :class:`CLIPScorer` turns ``layout.vision`` into ``image_embeds``.
         require_vision: raise when a CLIP scorer has no vision states for the item.
+        vision: the item's :class:`~eadp_lab.methods.base.VisionStates` (methods that read the vision
+            encoder's attention), or ``None``.
     Returns:
         ``features`` ``(R, N, D)``, ``image_embeds`` ``(R, N, C)`` or ``None``, the text tensors on
         the features' device, and the rows' grids (a list when they differ).
@@ -517,7 +664,7 @@ def item_inputs(feats: torch.Tensor, layout: ItemLayout, text, scorer, require_v
         text_embeds=None if text is None or text.global_ is None else text.global_.to(F.device),
         text_embeds_seq=None if text is None else text.dense.to(F.device),
         text_mask=None if text is None else text.mask.to(F.device),
-        grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,),
+        grid=list(layout.grids) if ragged else layout.grids[0], rows_per_image=(R,), vision=vision,
     )
 
 
