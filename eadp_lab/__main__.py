@@ -1,6 +1,9 @@
-"""``python -m eadp_lab bench NAME ...`` and ``python -m eadp_lab probe ...``: the project's commands."""
+"""``python -m eadp_lab bench NAME ...``, ``python -m eadp_lab probe ...`` and ``python -m eadp_lab study
+failure-axes ...``: the project's commands."""
 
 import sys
+
+STUDIES = ("failure-axes",)  # python -m eadp_lab study NAME: eadp_lab.failure_axes
 
 
 def main(argv=None) -> int:
@@ -9,11 +12,17 @@ def main(argv=None) -> int:
         from .labmodels.probe import main as probe_main
 
         return probe_main(argv[1:])
+    if len(argv) >= 2 and argv[0] == "study" and argv[1] in STUDIES:
+        from .failure_axes import main as study_main
+
+        return study_main(list(argv[2:]))
     if not argv or argv[0] != "bench":
         from .bench import COMMANDS
 
         print(f"usage: python -m eadp_lab bench {{{','.join(sorted(COMMANDS))}}} ...\n"
-              "       python -m eadp_lab probe [--seed S] [--scenes N] [--json OUT]", file=sys.stderr)
+              "       python -m eadp_lab probe [--seed S] [--scenes N] [--json OUT]\n"
+              f"       python -m eadp_lab study {{{','.join(STUDIES)}}} --json OUT [--seed S] [--questions Q] "
+              "[--budgets 28,14] [--threads N]", file=sys.stderr)
         return 2
     from .bench import main as bench_main
 

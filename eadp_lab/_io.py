@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["OutputPathError", "write_json", "check_output", "save_json"]
+__all__ = ["OutputPathError", "write_json", "check_output", "save_json", "save_report"]
 
 
 class OutputPathError(ValueError):
@@ -71,3 +71,16 @@ def save_json(path, data, indent: int = 1, what: str = "results") -> Path:
             fh.write(json.dumps(data, indent=indent) + "\n")
         raise OutputPathError(f"could not write {what} to {path} ({exc.strerror or exc}); they are saved in "
                               f"{fallback}") from None
+
+
+def save_report(path, data, indent: int = 1, what: str = "results") -> int:
+    """A command's last step: :func:`save_json`, and its exit code: 0, or 1 after printing the one-line error
+    that names the fallback file holding ``data``."""
+    import sys
+
+    try:
+        save_json(path, data, indent=indent, what=what)
+        return 0
+    except OutputPathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

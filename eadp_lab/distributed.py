@@ -47,7 +47,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from ._io import OutputPathError, check_output, save_json
+from ._io import check_output, save_report
 
 __all__ = ["process_state", "single_process_warning", "shard_map", "demo_items", "demo", "teardown", "exit_now",
            "main"]
@@ -226,11 +226,7 @@ def main(argv=None, *, hard_exit: bool = False) -> int:
             print(f"item {r['item']:>3} (process {r['process']}): budget {r['budget']:>3} kept {r['kept']:>3} "
                   f"answer {r['answer']}")
         if args.json:
-            try:
-                save_json(args.json, payload, indent=2)
-            except OutputPathError as exc:  # the results are in the fallback file it names
-                print(f"error: {exc}", file=sys.stderr)
-                code = 1
+            code = save_report(args.json, payload, indent=2)
     teardown(state)
     if hard_exit and state.num_processes > 1:
         exit_now(code)

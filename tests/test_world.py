@@ -728,3 +728,80 @@ def test_centre_cell_is_the_cell_holding_an_objects_centre():
     assert centre_cell(at(11.99, 6.0), 96, 96, (16, 16)) == (1, 1)  # 6 px cells: y = 6 opens row 1
     assert centre_cell(at(96.0, 95.9), 96, 96, (16, 16)) == (15, 15)  # the far edge stays on the grid
     assert centre_cell(at(50.0, 30.0), 96, 192, (4, 8)) == (1, 2)  # rows and columns on their own axes
+
+
+# ---------------------------------------------------------------- settings that leave the default world alone
+
+def _world_digest(records):
+    """What the default world's questions and scenes are, independent of rendering."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for r in records:
+        q = r.question
+        h.update(json.dumps([q.text, q.answer, q.qtype, [list(x) for x in q.refs], r.caption.text]).encode())
+        h.update(json.dumps([[round(o.x, 6), round(o.y, 6), round(o.radius, 6), o.shape, o.colour, o.size]
+                             for o in r.scene.objects]).encode())
+    return h.hexdigest()[:16]
+
+
+# Digests of the world written before WorldConfig had verbosity and object_scale.
+WORLD_DIGESTS = {("heldout", 0): "5a1e39b83106d68d", ("train", 7): "5dbd57664e87dd0e",
+                 ("heldout", 4242): "42e0df80a99a0ea2"}
+
+
+@pytest.mark.parametrize("split, seed", sorted(WORLD_DIGESTS))
+def test_verbosity_0_and_object_scale_1_leave_the_world_as_it_was(split, seed):
+    default = sample(split, 40, seed=seed)
+    explicit = sample(split, 40, seed=seed, config=WorldConfig(verbosity=0, object_scale=1.0))
+    assert _world_digest(default) == _world_digest(explicit) == WORLD_DIGESTS[split, seed]
+    for a, b in zip(default, explicit):
+        assert a.to_dict() == b.to_dict() and np.array_equal(a.image, b.image)
+        assert "verbosity" not in a.question.meta
+    assert WorldConfig().unit == 96 and isinstance(WorldConfig().unit, int)
+
+
+def test_verbose_questions_keep_the_scene_the_answer_and_what_they_name():
+    plain = sample("heldout", 120, seed=5)
+    below = plain
+    for level in range(1, 7):
+        verbose = sample("heldout", 120, seed=5, config=WorldConfig(verbosity=level))
+        for p, v, b in zip(plain, verbose, below):
+            assert v.scene == p.scene and np.array_equal(v.image, p.image) and v.caption == p.caption
+            assert (v.answer, v.qtype) == (p.answer, p.qtype)
+            start, stop = v.question.meta["core"]
+            assert v.question.meta["verbosity"] == level
+            core = list(zip(v.question.tokens, v.question.refs))
+            assert core[start:stop] + core[-1:] == list(zip(p.question.tokens, p.question.refs))
+            filler = core[:start] + core[stop:-1]
+            assert filler and all(ref == () for _, ref in filler)
+            assert all(token_kind(w) in ("function", "noun", "punctuation") and w not in (",", "object", "thing")
+                       for w, _ in filler)
+            check_grounding(v.scene.objects, v.question.tokens, v.question.refs)
+            # each level adds filler around the level below it: its openings and closings begin with those below
+            b_start, b_stop = b.question.meta.get("core", [0, len(b.question.tokens) - 1])
+            assert v.question.tokens[:start][:b_start] == b.question.tokens[:b_start]
+            assert v.question.tokens[stop:-1][:len(b.question.tokens) - 1 - b_stop] == b.question.tokens[b_stop:-1]
+        below = verbose
+
+
+def test_object_scale_makes_the_objects_larger_on_the_same_canvas():
+    base = sample("heldout", 60, seed=2, grid=None, config=WorldConfig(size_weights=(0, 0, 1)))
+    big = sample("heldout", 60, seed=2, grid=None, config=WorldConfig(size_weights=(0, 0, 1), object_scale=1.25))
+    assert WorldConfig(object_scale=1.25).unit == 120.0
+    assert all(r.image.shape == (96, 96, 3) for r in big)
+    large = lambda rs: [o.radius for r in rs for o in r.scene.objects if o.size == "large"]  # noqa: E731
+    assert min(large(big)) > max(large(base)) * 0.9 and np.mean(large(big)) > 1.2 * np.mean(large(base))
+    for r in big:
+        check_image_question(r.scene, r.question)
+        check_grounding(r.scene.objects, r.question.tokens, r.question.refs)
+
+
+@pytest.mark.parametrize("changes, name", [
+    (dict(verbosity=-1), "verbosity"), (dict(verbosity=7), "verbosity"), (dict(verbosity=1.5), "verbosity"),
+    (dict(object_scale=0.2), "object_scale"), (dict(object_scale=3), "object_scale"),
+    (dict(object_scale=True), "object_scale"), (dict(object_scale="big"), "object_scale"),
+])
+def test_bad_new_settings_name_the_field(changes, name):
+    with pytest.raises(ValueError, match=name):
+        WorldConfig(**changes)

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from .._checks import cli_int
-from .._io import OutputPathError, check_output, save_json
+from .._io import OutputPathError, check_output, save_report
 from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, LAB_SOURCE, ROOT, AnswersFileError,  # noqa: F401
                           ModelLoadError, Question, QuestionFileError, against_best, against_chance, answer_kind,
                           answers_path, blind_baseline, check_answers, evaluate, file_questions, first_word,
@@ -305,11 +305,7 @@ def main(argv=None) -> int:
             "seconds": round(time.perf_counter() - start, 1),
             "command": "python -m eadp_lab bench accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         }
-        try:
-            save_json(args.json, report)
-        except OutputPathError as exc:  # the results are in the fallback file it names
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        return save_report(args.json, report)
     return 0
 
 

@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_budget, check_choice, cli_int
-from .._io import OutputPathError, check_output, save_json
+from .._io import check_output, save_report
 from .._io import write_json as _write_json
 from ..evaluation import DTYPES, prompt_for
 from ..evaluation.loading import ModelLoadError, load_checked, load_error
@@ -827,10 +827,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     print(format_table(result))
     if args.json:
-        try:
-            save_json(args.json, result, indent=2)
-        except OutputPathError as exc:  # the results are in the fallback file it names
-            print(f"error: {exc}", file=sys.stderr)
+        if save_report(args.json, result, indent=2):
             return 1
         print(f"wrote {args.json}")
     return 0

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .._checks import cli_int
-from .._io import OutputPathError, check_output, save_json
+from .._io import OutputPathError, check_output, save_report
 
 __all__ = ["ATTRIBUTES", "probe_examples", "fit_probe", "linear_probes", "alignment", "alignment_frame", "run", "main"]
 
@@ -222,11 +222,7 @@ def main(argv=None) -> int:
     report["command"] = "python -m eadp_lab probe " + " ".join(sys.argv[2:] if argv is None else argv)
     print(_summary(report))
     if args.json:
-        try:
-            save_json(args.json, report, what="figures")
-        except OutputPathError as exc:  # the figures are in the fallback file it names
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        return save_report(args.json, report, what="figures")
     return 0
 
 

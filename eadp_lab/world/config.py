@@ -3,7 +3,13 @@
 The defaults make the world of the lab models: 96x96 images for a ViT with patch 6 (a 16x16
 grid of 256 tokens), 3 to 7 objects. Object sizes and distances are measured in ``unit``
 pixels (the shorter image side), so a larger canvas (the AnyRes scenes) holds more objects
-of the same size rather than larger ones. Taught in ``notebooks/00_tour``.
+of the same size rather than larger ones.
+
+Two settings exist to move the world away from the lab models' own, for the failure-mode
+study (:mod:`eadp_lab.failure_axes`), and leave it unchanged at their defaults:
+``object_scale`` (the world seen closer: ``unit`` grows by it, so every object is that much
+larger on the same canvas) and ``verbosity`` (instructions padded with filler that names
+nothing, :func:`eadp_lab.world.questions.verbose`). Taught in ``notebooks/00_tour``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from dataclasses import dataclass
 
 from .words import COLOURS, COUNT_WORDS, SHAPES
 
-__all__ = ["WorldConfig", "QTYPES", "CLIP_QTYPES", "YES_NO_QTYPES"]
+__all__ = ["WorldConfig", "QTYPES", "CLIP_QTYPES", "YES_NO_QTYPES", "MAX_VERBOSITY", "OBJECT_SCALES"]
 
 QTYPES = ("colour", "shape", "size", "relation", "count", "exist")
 CLIP_QTYPES = ("clip_colour", "clip_shape", "clip_direction", "clip_count", "clip_exist")
 YES_NO_QTYPES = ("relation", "exist", "clip_exist")
+MAX_VERBOSITY = 6  # filler clauses of the most verbose instructions (questions.verbose)
+OBJECT_SCALES = (0.5, 2.0)  # the range of object_scale
 
 
 def _positive_int(name, value, low=1):
@@ -64,6 +72,17 @@ class WorldConfig:
     n_frames: int = 6  # frames per clip
     clip_mix: tuple[tuple[str, int], ...] = (
         ("clip_colour", 3), ("clip_shape", 3), ("clip_direction", 4), ("clip_count", 2), ("clip_exist", 4))
+    # The world seen this many times closer: ``unit`` (and with it every object's size, the gaps,
+    # the relation margin, the blobs' size and the stripes' period) grows by it on the same canvas,
+    # and the blobs per image fall by its square (as many per unit area). 1.0: the lab's world
+    # (large objects 28 to 36 px, 4.7 to 6 patches across at 96 px).
+    object_scale: float = 1.0
+    # Filler clauses around every question ``questions.ask`` writes (0 to MAX_VERBOSITY): polite
+    # frames and clauses about the image made of function words, image nouns and ":" only
+    # (``questions.verbose``). ``sample``/``make_record`` draw them from a stream of their own, so a
+    # record's scene, image, caption, answer and question words (and the objects they name) are
+    # those of verbosity 0. Clip questions have none.
+    verbosity: int = 0
 
     def __post_init__(self):
         size = self.image_size
@@ -99,11 +118,18 @@ class WorldConfig:
             raise ValueError(f"relation_margin must be in (0, 0.5), got {self.relation_margin}")
         if not 2 <= _positive_int("n_frames", self.n_frames) <= 16:
             raise ValueError(f"n_frames must be in [2, 16], got {self.n_frames}")
+        scale = self.object_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                OBJECT_SCALES[0] <= scale <= OBJECT_SCALES[1]):
+            raise ValueError(f"object_scale must be a number in [{OBJECT_SCALES[0]}, {OBJECT_SCALES[1]}], got {scale!r}")
+        if not 0 <= _positive_int("verbosity", self.verbosity, low=0) <= MAX_VERBOSITY:
+            raise ValueError(f"verbosity must be an integer in [0, {MAX_VERBOSITY}], got {self.verbosity!r}")
 
     @property
-    def unit(self) -> int:
-        """Pixels that object sizes and margins are measured in: the shorter image side."""
-        return min(self.image_size)
+    def unit(self) -> int | float:
+        """Pixels that object sizes and margins are measured in: the shorter image side (times ``object_scale``)."""
+        side = min(self.image_size)
+        return side if self.object_scale == 1 else side * float(self.object_scale)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -5,8 +5,9 @@ Types: an attribute of one (often tiny) object (``colour``, ``shape``, ``size``)
 POPE: Li et al., "Evaluating Object Hallucination in Large Vision-Language Models", EMNLP
 2023, with its random, popular and adversarial negatives). Referring expressions are
 checked to be unique in the scene, and relations follow CLEVR (Johnson et al., CVPR 2017).
-Every answer is one word computed from the scene description. Taught in
-``notebooks/00_tour``.
+Every answer is one word computed from the scene description. A verbose world
+(``WorldConfig.verbosity``) pads each question with filler that names nothing
+(:func:`verbose`). Taught in ``notebooks/00_tour``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .scenes import Obj, Scene, relation_holds
 from .words import ATTRIBUTES, COUNT_WORDS, OPPOSITE, RELATION_PHRASES, RELATIONS, fill, noun_phrase, text_and_refs
 
 __all__ = ["Question", "ask", "TEMPLATES", "FLAVOURS", "unique_subsets", "describe", "definite_phrase",
-           "relation_phrase", "absent_attrs"]
+           "relation_phrase", "absent_attrs", "verbose", "VERBOSE_OPENINGS", "VERBOSE_CLOSINGS"]
 
 TEMPLATES = {
     "colour": ("what colour is {np} ?", "what is the colour of {np} ?", "which colour does {np} have ?",
@@ -51,6 +52,15 @@ EXIST_SETS = ((("shape",), 3), (("colour", "shape"), 4), (("size", "colour", "sh
               (("size", "shape"), 1), (("size", "colour"), 1))
 COUNT_SETS = ((), ("colour",), ("shape",), ("size",), ("colour", "shape"), ("size", "shape"), ("size", "colour"))
 FLAVOURS = ("random", "popular", "adversarial")  # POPE's three ways to pick an absent object
+# Filler of verbose instructions (:func:`verbose`): polite frames before the question and clauses
+# about the image as a whole before its final mark, in wordings the templates already use ("can you
+# tell me", "would you say", "in this picture"). Function words, the image's nouns and ":" only: no
+# colour, shape, size, count, relation, attribute or answer word, no "object" or "thing", so filler
+# names no object and asks nothing new; and no "," (in the lab world a comma marks the size question
+# "is X tiny , small or large ?": the lab LLaVA answers a size to any question holding one). At most
+# one phrase of each pool occurs in a template.
+VERBOSE_OPENINGS = ("can you tell me :", "tell me :", "in this picture :", "with this image :", "would you say :")
+VERBOSE_CLOSINGS = ("in the image", "in this view", "in the picture", "in this frame", "in the scene")
 
 
 @dataclass(frozen=True)
@@ -284,20 +294,64 @@ def _ask_exist(scene, rng, answer, config):
     return _question(tokens, "yes" if found else "no", "exist", attrs=attrs, flavour=flavour)
 
 
+def _phrase(clause: str) -> str:
+    return " ".join(w for w in clause.split() if w not in (",", ":"))
+
+
+def verbose(question: Question, level: int, rng: np.random.Generator) -> Question:
+    """``question`` padded with ``level`` filler clauses that name nothing (``level`` 0: itself).
+
+    The first ``ceil(level / 2)`` clauses of a random order of :data:`VERBOSE_OPENINGS` go before
+    it and the first ``floor(level / 2)`` of a random order of :data:`VERBOSE_CLOSINGS` before its
+    final ``?`` or ``.``; a clause whose phrase the question already holds is left out. Both orders
+    are drawn whatever ``level`` is, so with the same ``rng`` state each level extends the one
+    below it. The answer, type and every word of the question with its referents are kept; filler
+    tokens refer to nothing. ``meta`` gains ``verbosity`` and ``core``, the ``[start, stop)`` of
+    the question's own tokens before its final mark.
+
+    >>> q = Question("what colour is the star ?", "red", "colour", ((), (), (), (), (0,), ()))
+    >>> verbose(q, 2, np.random.default_rng(0)).text
+    'in this picture : what colour is the star in the scene ?'
+    """
+    order_open = rng.permutation(len(VERBOSE_OPENINGS)).tolist()
+    order_close = rng.permutation(len(VERBOSE_CLOSINGS)).tolist()
+    if level == 0:
+        return question
+    core = f" {question.text} "
+    openings = [VERBOSE_OPENINGS[i] for i in order_open if f" {_phrase(VERBOSE_OPENINGS[i])} " not in core]
+    closings = [VERBOSE_CLOSINGS[i] for i in order_close if f" {_phrase(VERBOSE_CLOSINGS[i])} " not in core]
+    head = [(w, ()) for c in openings[:(level + 1) // 2] for w in c.split()]
+    tail = [(w, ()) for c in closings[:level // 2] for w in c.split()]
+    tokens = list(zip(question.tokens, question.refs))
+    text, refs = text_and_refs(head + tokens[:-1] + tail + tokens[-1:])
+    meta = {**question.meta, "verbosity": int(level), "core": [len(head), len(head) + len(tokens) - 1]}
+    return Question(text, question.answer, question.qtype, refs, meta)
+
+
 def ask(scene: Scene, rng: np.random.Generator, qtype: str, answer: str | None = None,
-        config: WorldConfig | None = None) -> Question | None:
+        config: WorldConfig | None = None, filler_rng: np.random.Generator | None = None) -> Question | None:
     """One question of type ``qtype`` about ``scene``, or ``None`` if the scene cannot support it.
 
     Args:
         qtype: one of ``colour``, ``shape``, ``size``, ``relation``, ``count``, ``exist``.
         answer: for the yes/no types, ``"yes"`` or ``"no"`` (``None``: a fair coin).
-        config: the world (colours, shapes, rates, relation margin); default ``WorldConfig()``.
+        config: the world (colours, shapes, rates, relation margin, verbosity); default ``WorldConfig()``.
+        filler_rng: where :func:`verbose` draws its filler when ``config.verbosity > 0`` (default
+            ``rng``, after the question; :func:`eadp_lab.world.make_record` gives a stream of its
+            own, so that the question is the one of verbosity 0).
     """
     if qtype not in QTYPES:
         raise ValueError(f"qtype must be one of {QTYPES}, got {qtype!r}")
     if answer not in (None, "yes", "no"):
         raise ValueError(f"answer must be None, 'yes' or 'no', got {answer!r}")
     config = config or WorldConfig()
+    question = _ask(scene, rng, qtype, answer, config)
+    if question is None or not config.verbosity:
+        return question
+    return verbose(question, config.verbosity, rng if filler_rng is None else filler_rng)
+
+
+def _ask(scene, rng, qtype, answer, config):
     if not scene.objects:
         return None
     if qtype in ("colour", "shape", "size"):

@@ -3,7 +3,10 @@
 :func:`sample` is the batch generator the lab models train and are evaluated on. Each
 record is a pure function of ``(split, seed, index, config)`` (see ``seeds``); a scene that
 cannot carry the record's question slot (say, no two objects clearly placed for a
-relation question) is drawn again from the same stream. Taught in ``notebooks/00_tour``.
+relation question) is drawn again from the same stream. The filler of a verbose world
+(``WorldConfig.verbosity``) comes from a stream of its own, so a record's scene, image,
+caption and question words are those of the same record at verbosity 0. Taught in
+``notebooks/00_tour``.
 
 Shapes: ``H x W`` image, ``K`` objects, ``(gh, gw)`` token grid.
 """
@@ -20,9 +23,10 @@ from .questions import Question, ask
 from .grounding import coverage_from_labels
 from .render import render_with_labels
 from .scenes import Scene, sample_scene
-from .seeds import check_config, check_count, check_seed, check_split, record_rng, resolve_grid, run, slot
+from .seeds import (SPLITS, STREAMS, check_config, check_count, check_seed, check_split, record_rng, resolve_grid,
+                    run, slot)
 
-__all__ = ["Record", "make_record", "sample", "sparse_coverage", "dense_coverage"]
+__all__ = ["Record", "make_record", "sample", "sparse_coverage", "dense_coverage", "filler_rng"]
 
 _MAX_REDRAWS = 100
 
@@ -79,6 +83,12 @@ def dense_coverage(sparse: list, grid: tuple[int, int]) -> np.ndarray:
     return out.reshape(len(sparse), *grid)
 
 
+def filler_rng(split: str, seed: int, index: int) -> np.random.Generator:
+    """The stream a verbose record's filler is drawn from, apart from the record's own (``record_rng``)."""
+    key = (SPLITS.index(check_split(split)), STREAMS["image"], 2, check_seed(index, "index"))
+    return np.random.default_rng(np.random.SeedSequence(check_seed(seed), spawn_key=key))
+
+
 def make_record(split: str, seed: int, index: int, config: WorldConfig | None = None,
                 grid: tuple[int, int] | None | str = "default") -> Record:
     """Record ``index`` of ``split`` for ``seed``; ``grid="default"`` is ``config.grid``."""
@@ -87,9 +97,10 @@ def make_record(split: str, seed: int, index: int, config: WorldConfig | None = 
     rng = record_rng(split, seed, index, "image")
     qtype, answer = slot(split, seed, index, config.question_mix, "image")
     uid = f"{split}/{seed}/{index}"
+    filler = filler_rng(split, seed, index) if config.verbosity else None
     for _ in range(_MAX_REDRAWS):
         scene = sample_scene(rng, config, uid=uid)
-        question = ask(scene, rng, qtype, answer, config)
+        question = ask(scene, rng, qtype, answer, config, filler_rng=filler)
         if question is not None:
             break
     else:  # pragma: no cover - would take a world with almost no room

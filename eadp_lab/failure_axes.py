@@ -1,0 +1,466 @@
+"""Chapter 01's three failure modes as claims about conditions, each swept along the world setting
+that should switch it on: one command.
+
+    python -m eadp_lab study failure-axes --seed S --questions Q --json OUT [--budgets 28,14]
+        [--threads N] [--batch 32] [--answers-dir DIR] [--modes global_guidance,...]
+
+In the lab's default world the three failure modes that motivate EADP barely show: most objects
+are tiny or small, questions are short, scenes hold a handful of objects. Each mode is a claim
+about conditions, so each is measured along the world setting that should bring it out
+(:data:`MODES`), at every value on ``Q`` fresh ``heldout`` questions of that world:
+
+- ``global_guidance``: ``eadp`` against ``eadp-global`` (the pooled text alone, alpha = 1) as
+  scenes hold more objects (``n_objects``);
+- ``textual_noise``: ``eadp`` against ``eadp-noentropy`` (every word, plain mean) as instructions
+  grow longer with filler that names nothing (``verbosity``, :func:`eadp_lab.world.questions.verbose`);
+- ``topk_redundancy``: ``eadp`` against ``eadp-topk`` (Top-K instead of facility location) as
+  objects span more patches (``size_weights`` toward large, then ``object_scale``).
+
+At each value: the **mechanism**, measured on the selection without the language model
+(:func:`mechanism_rows`: the share of a score map's top-16 tokens on the objects the question
+names for the two guidance modes, after chapter 01's maps; for Top-K the share of the named
+objects that keep at least one token, at the smallest budget), the **accuracy** of both rules at
+every budget through :func:`eadp_lab.evaluation.evaluate` (what ``python -m eadp_lab bench
+accuracy`` runs: :func:`eadp_lab.attach` inside ``generate``), their paired difference
+(``rules[0] - rules[1]`` on the same questions, :func:`~eadp_lab.evaluation.paired_difference`)
+with its 95% interval, and the unpruned (``none``) accuracy, so that a lab model answering
+outside its training distribution is not read as a failure mode. A verdict sentence per mode
+is computed from the intervals (:func:`trend`, :func:`verdict`); nothing is tuned.
+
+The JSON: ``{"seed", "questions", "modes": {name: {"axis", "rules", "points": [{"value",
+"mechanism", "full_accuracy", "accuracy": {method: {budget: acc}}, "difference": {budget: d},
+"interval": {budget: [low, high]}}], "verdict", "mechanism_name", "seconds", "command"}}}``
+(fractions, not percentages; budgets as strings; ``seconds`` is a mode's own wall time, a world an
+earlier mode already answered costing nothing again). Its path is checked before any work and it
+is written atomically. ``--answers-dir`` keeps every run's answers (one file per world,
+method and budget): a rerun after an interruption asks only the questions not answered yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._checks import cli_int
+from ._io import OutputPathError, check_output, save_report
+
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "MODES",
+    "TOP_K",
+    "Z95",
+    "Mode",
+    "axis_config",
+    "axis_questions",
+    "failure_axes",
+    "interval",
+    "main",
+    "mechanism_figure",
+    "mechanism_rows",
+    "paired_mean",
+    "point",
+    "slope",
+    "trend",
+    "verdict",
+]
+
+Z95 = 1.96  # a 95% interval is the estimate -/+ Z95 standard errors
+DEFAULT_BUDGETS = (28, 14)
+TOP_K = 16  # the top tokens of a score map inspected (chapter 01's figure)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One failure mode: the world setting that should switch it on and the two rules compared.
+
+    ``values``: :class:`~eadp_lab.world.WorldConfig` changes, one per axis value, in the order
+    the mode should grow; ``pair``: the two per-question mechanism figures of
+    :func:`mechanism_rows` compared (``rules[0]``'s first), ``"reached"`` meaning each rule's
+    reach of the named objects at the smallest budget.
+    """
+
+    axis: str
+    rules: tuple[str, str]
+    values: tuple[dict, ...]
+    pair: tuple[str, str] | str
+    mechanism_name: str
+
+
+DEFAULT_SIZES = {"size_weights": (0.35, 0.35, 0.30), "object_scale": 1.0}
+MODES = {
+    "global_guidance": Mode(
+        "n_objects", ("eadp", "eadp-global"),
+        ({"n_objects": (2, 3)}, {"n_objects": (3, 7)}, {"n_objects": (6, 8)}, {"n_objects": (9, 10)}),
+        ("filtered", "global"),
+        f"share of the score map's top-{TOP_K} tokens on the named objects: the entropy-filtered dense map "
+        "(eadp's local score) against the global map (eadp-global's)"),
+    "textual_noise": Mode(
+        "verbosity", ("eadp", "eadp-noentropy"),
+        ({"verbosity": 0}, {"verbosity": 2}, {"verbosity": 4}, {"verbosity": 6}),
+        ("filtered", "every_word"),
+        f"share of the dense map's top-{TOP_K} tokens on the named objects: entropy-filtered (eadp) against "
+        "every word averaged (eadp-noentropy)"),
+    "topk_redundancy": Mode(
+        "size_weights, object_scale", ("eadp", "eadp-topk"),
+        (DEFAULT_SIZES, {"size_weights": (0.15, 0.35, 0.5), "object_scale": 1.0},
+         {"size_weights": (0.0, 0.0, 1.0), "object_scale": 1.0}, {"size_weights": (0.0, 0.0, 1.0), "object_scale": 1.25}),
+        "reached",
+        "share of the named objects that keep at least one visual token at the smallest budget: facility "
+        "location (eadp) against Top-K (eadp-topk)"),
+}
+
+
+# ---------------------------------------------------------------- worlds and questions
+
+def axis_config(value: dict):
+    """The :class:`~eadp_lab.world.WorldConfig` of one axis value (the default world with ``value``'s changes)."""
+    from .world import WorldConfig
+
+    return WorldConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+
+
+def axis_questions(n: int, seed: int, config, workers: int = 1) -> list:
+    """``n`` ``heldout`` questions of the world ``config`` for ``seed``, as
+    :func:`eadp_lab.evaluation.lab_questions` makes them for the default world (with ``named``
+    and ``masks``)."""
+    from .evaluation import Question
+    from .guidance import named_objects, object_masks
+    from .world import sample
+
+    return [Question(f"heldout/{seed}/{r.index}", r.image, r.question.text, r.answer, r.qtype,
+                     named_objects(r.question), object_masks(r.coverage))
+            for r in sample("heldout", n, seed=seed, config=config, workers=workers)]
+
+
+def _json_value(value: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+
+
+def _label(value: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in _json_value(value).items())
+
+
+# ---------------------------------------------------------------- the mechanism
+
+def mechanism_rows(lab, questions: Sequence, budgets: Sequence[int], top_k: int = TOP_K, bar=None) -> list[dict]:
+    """Per question, what the selection does without the language model.
+
+    Every row: ``words`` (of the instruction), ``objects`` (in the scene), ``named`` (objects
+    the question names). Rows of questions that name an object (with ``masks``) also hold
+    ``patches`` (mean tokens per named object), ``chance`` (the named objects' share of the
+    image) and the share of the top ``top_k`` tokens on them of three score maps of EADP
+    (:func:`eadp_lab.guidance.guidance_maps`): ``global`` (pooled text), ``filtered`` (dense,
+    entropy-filtered: the preset's) and ``every_word`` (dense, every word, plain mean: the
+    ``eadp-noentropy`` ablation's); and ``reached/{rule}/{budget}``, the share of the named
+    objects with a kept token for ``eadp`` and ``eadp-topk`` (:func:`eadp_lab.guidance.compare_kept`).
+    """
+    from . import guidance as gd
+
+    rules = {name: lab.settings(name) for name in ("eadp", "eadp-topk")}
+    noentropy = lab.settings("eadp-noentropy")[1]
+    rows = []
+    for q in questions:
+        row = {"words": len(q.text.split()), "objects": 0 if q.masks is None else int(q.masks.shape[0]),
+               "named": len(q.named)}
+        if q.named and q.masks is not None:
+            inputs = lab.prune_inputs(q.image, q.text)
+            target = gd.union_mask(q.masks, q.named)
+            maps = gd.guidance_maps(inputs, rules["eadp"][1])
+            every = gd.guidance_maps(inputs, noentropy)["dense"]
+            row.update({"patches": float(q.masks[list(q.named)].sum(1).float().mean()),
+                        "chance": float(target.float().mean()),
+                        "global": gd.top_share(maps["global"], target, top_k),
+                        "filtered": gd.top_share(maps["dense"], target, top_k),
+                        "every_word": gd.top_share(every, target, top_k)})
+            for budget in budgets:
+                for kept in gd.compare_kept(inputs, q.masks, q.named, rules, budget):
+                    row[f"reached/{kept['method']}/{budget}"] = kept["reached"]
+        rows.append(row)
+        if bar is not None:
+            bar.update(1)
+    return rows
+
+
+def paired_mean(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float, int]:
+    """``(mean a, mean b, mean of a - b, its standard error, n)`` over paired values (NaN pairs dropped)."""
+    pairs = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
+    n = len(pairs)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan, 0
+    diffs = [x - y for x, y in pairs]
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
+    return sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n, mean, se, n
+
+
+def interval(difference: float, se: float) -> list[float]:
+    """The 95% interval ``difference -/+ Z95 * se`` as ``[low, high]`` (rounded to 4 places)."""
+    return [round(difference - Z95 * se, 4), round(difference + Z95 * se, 4)]
+
+
+def _mean(rows, key):
+    values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def mechanism_figure(rows: list[dict], mode: Mode, budgets: Sequence[int]) -> dict:
+    """The mechanism of ``mode`` over one axis value's :func:`mechanism_rows`.
+
+    Returns ``{rules[0]: mean, rules[1]: mean, "difference": paired mean of the two,
+    "interval": 95% [low, high], "n": questions, "budget": the budget of a kept-set figure (else
+    None), "chance": the named objects' mean share of the image, "context": the world as it came
+    out (mean ``objects`` per scene, ``words`` per question, ``patches`` per named object)}``.
+    """
+    budget = min(budgets) if mode.pair == "reached" else None
+    keys = ((f"reached/eadp/{budget}", f"reached/eadp-topk/{budget}") if mode.pair == "reached" else mode.pair)
+    named = [r for r in rows if keys[0] in r]
+    a, b, diff, se, n = paired_mean([r[keys[0]] for r in named], [r[keys[1]] for r in named])
+    nan = math.isnan(diff)
+    return {mode.rules[0]: None if nan else round(a, 4), mode.rules[1]: None if nan else round(b, 4),
+            "difference": None if nan else round(diff, 4),
+            "interval": None if nan or math.isnan(se) else interval(diff, se), "n": n, "budget": budget,
+            "chance": _mean(named, "chance"),
+            "context": {"objects": _mean(rows, "objects"), "words": _mean(rows, "words"),
+                        "patches": _mean(named, "patches")}}
+
+
+# ---------------------------------------------------------------- one axis value
+
+def point(value: dict, mode: Mode, mechanism: dict, full: dict, runs: dict, budgets: Sequence[int]) -> dict:
+    """One axis value of ``mode``: the mechanism, the unpruned accuracy and both rules' accuracy.
+
+    Args:
+        full: the ``none`` run (``accuracy``); runs: ``{(method, budget): run}`` with ``accuracy`` and
+            ``hits`` (:func:`eadp_lab.evaluation.evaluate`'s) for both rules at every budget.
+    Returns:
+        ``{"value", "mechanism", "full_accuracy", "accuracy": {method: {budget: acc}}, "difference":
+        {budget: rules[0] - rules[1]}, "interval": {budget: [low, high]}}``, budgets as strings.
+    """
+    from .evaluation import paired_difference
+
+    a, b = mode.rules
+    difference, intervals = {}, {}
+    for budget in budgets:
+        diff, se, _ = paired_difference(runs[a, budget]["hits"], runs[b, budget]["hits"])
+        difference[str(budget)] = round(diff, 4)
+        intervals[str(budget)] = interval(diff, se)
+    return {"value": _json_value(value), "mechanism": mechanism, "full_accuracy": full["accuracy"],
+            "accuracy": {m: {str(bd): runs[m, bd]["accuracy"] for bd in budgets} for m in mode.rules},
+            "difference": difference, "interval": intervals}
+
+
+# ---------------------------------------------------------------- verdicts
+
+STATUS = {
+    "appears": "the mode appears",
+    "far end only": "a gap at the far end, but its growth along the axis is not clear",
+    "all along": "a gap all along the axis that does not grow with it: not switched on by this setting",
+    "reversed": "reversed: the ablation does better at the far end",
+    "absent": "the mode does not appear",
+}
+
+
+def _se(bounds) -> float:
+    return (bounds[1] - bounds[0]) / (2 * Z95)
+
+
+def slope(differences: Sequence[float], ses: Sequence[float]) -> tuple[float, float]:
+    """``(slope, standard error)``: the inverse-variance weighted least-squares line of ``differences``
+    on the axis position (0, 1, 2, ...), the points taken as independent (each world is sampled apart;
+    a standard error is floored at 1e-4 so that a point without spread does not take all the weight)."""
+    w = [1 / max(se, 1e-4) ** 2 for se in ses]
+    x = range(len(differences))
+    mx = sum(wi * xi for wi, xi in zip(w, x)) / sum(w)
+    my = sum(wi * yi for wi, yi in zip(w, differences)) / sum(w)
+    sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
+    return sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, differences)) / sxx, 1 / math.sqrt(sxx)
+
+
+def trend(points: Sequence[dict], budget) -> dict:
+    """How ``rules[0] - rules[1]`` moves along the axis at ``budget``, from the points' intervals.
+
+    ``slope``: change per axis step of the weighted line through every point (:func:`slope`), with
+    its standard error ``slope_se``; ``grows``: its 95% interval lies above 0; ``near``, ``far``: the
+    first and last values' intervals. ``status``: ``"appears"`` (the far end's interval lies above 0
+    and the gap grows), ``"far end only"`` (above 0 at the far end, not at the first value, growth
+    unclear), ``"all along"`` (above 0 at both ends, growth unclear), ``"reversed"`` (below 0 at the
+    far end) or ``"absent"`` (the far end's interval holds 0).
+    """
+    key = str(budget)
+    first, last = points[0], points[-1]
+    rate, rate_se = slope([p["difference"][key] for p in points], [_se(p["interval"][key]) for p in points])
+    grows = rate - Z95 * rate_se > 0
+    far, near = last["interval"][key], first["interval"][key]
+    if far[0] > 0:
+        status = "appears" if grows else "all along" if near[0] > 0 else "far end only"
+    elif far[1] < 0:
+        status = "reversed"
+    else:
+        status = "absent"
+    return {"budget": int(budget), "first": first["difference"][key], "last": last["difference"][key],
+            "slope": round(rate, 4), "slope_se": round(rate_se, 4), "grows": grows, "far": far, "near": near,
+            "status": status}
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def verdict(name: str, mode: Mode, points: Sequence[dict], budgets: Sequence[int], ood_drop: float = 0.05) -> str:
+    """One paragraph: per budget, whether ``name`` appears along ``mode.axis`` (:func:`trend`), the
+    mechanism's move, and the unpruned accuracy along the axis (a fall of more than ``ood_drop``
+    is said to be the lab model leaving its training distribution)."""
+    a, b = mode.rules
+    trends = [trend(points, bd) for bd in budgets]
+    shown = [t["budget"] for t in trends if t["status"] == "appears"]
+    first, last = _label(mode.values[0]), _label(mode.values[-1])
+    along = [t["budget"] for t in trends if t["status"] == "all along"]
+    budgets_ = lambda bs: f"budget{'s' if len(bs) > 1 else ''} {', '.join(map(str, bs))}"
+    if shown:
+        head = f"{name}: the mode appears along {mode.axis} at {budgets_(shown)}"
+        others = [t["budget"] for t in trends if t["status"] != "appears"]
+        head += f", not at {', '.join(map(str, others))}." if others else "."
+    elif along:
+        head = (f"{name}: the mode does not appear along {mode.axis}: at {budgets_(along)} {a} beats {b} all "
+                "along the axis, and the axis does not make the gap grow.")
+    else:
+        head = f"{name}: the mode does not appear along {mode.axis} at any budget measured."
+    parts = [head]
+    for t in trends:
+        parts.append(
+            f"At budget {t['budget']}, {a} - {b} goes from {_pts(t['first'])} points [{_pts(t['near'][0])}, "
+            f"{_pts(t['near'][1])}] at {first} to {_pts(t['last'])} [{_pts(t['far'][0])}, {_pts(t['far'][1])}] at "
+            f"{last} (trend {_pts(t['slope'])} +/- {100 * Z95 * t['slope_se']:.1f} points per step): "
+            f"{STATUS[t['status']]}.")
+    m0, m1 = points[0]["mechanism"], points[-1]["mechanism"]
+    if m0.get("difference") is not None and m1.get("difference") is not None:
+        moved = m1["difference"] - m0["difference"]
+        parts.append(f"Mechanism ({a} - {b}): {m0['difference']:+.3f} -> {m1['difference']:+.3f} "
+                     f"({'toward' if moved > 0 else 'away from'} the failure the mode describes"
+                     f"{', its far-end interval above 0' if m1['interval'] and m1['interval'][0] > 0 else ''}).")
+    full = [p["full_accuracy"] for p in points]
+    if all(f is not None for f in full):
+        sentence = f"Unpruned accuracy: {' -> '.join(f'{100 * f:.1f}%' for f in full)}"
+        drop = full[0] - min(full)
+        if drop > ood_drop:
+            sentence += (f"; the unpruned lab model itself loses {100 * drop:.1f} points along the axis (it leaves "
+                         "its training distribution), so a gap there mixes pruning with that")
+        parts.append(sentence + ".")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------- the study
+
+def _config_key(config) -> str:
+    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def failure_axes(lab, seed: int, questions: int, budgets: Sequence[int] = DEFAULT_BUDGETS,
+                 modes: dict | None = None, batch: int = 32, top_k: int = TOP_K, answers_dir=None,
+                 progress: bool = True, command: str | None = None) -> dict:
+    """Every mode of ``modes`` (default :data:`MODES`) at every axis value, on ``questions`` questions each.
+
+    A world shared by several modes (the default world) is sampled, measured and answered once.
+    ``answers_dir``: keep each run's answers there (``{world}-{method}-{budget}.jsonl``; a rerun
+    resumes them). Returns the study's JSON (see the module's docstring).
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluation import evaluate
+
+    modes = MODES if modes is None else modes
+    budgets = [int(b) for b in budgets]
+    full_budget = lab.num_visual_tokens
+    plan = {}  # config -> the (method, budget) runs it needs
+    for mode in modes.values():
+        for value in mode.values:
+            runs = plan.setdefault(axis_config(value), {("none", full_budget)})
+            runs.update((m, bd) for m in mode.rules for bd in budgets)
+    total = sum(questions * (1 + len(runs)) for runs in plan.values())  # one mechanism pass + the runs
+    asked, measured, answered = {}, {}, {}
+    with tqdm(total=total, desc="failure axes", unit="q", disable=not progress) as bar:
+        def run(config, method, budget):
+            if (config, method, budget) not in answered:
+                bar.set_postfix(method=method, budget=budget)
+                path = None if answers_dir is None else Path(answers_dir) / f"{_config_key(config)}-{method}-{budget}.jsonl"
+                result = evaluate(lab.model, lab.processor, asked[config], method, budget, clip=lab.clip,
+                                  clip_tokenizer=lab.clip_tokenizer, scoring=lab.scoring, batch=batch, seed=seed,
+                                  bar=bar, answers_file=path, model_id=str(lab.name))
+                answered[config, method, budget] = {"accuracy": result["accuracy"], "hits": result["hits"]}
+            return answered[config, method, budget]
+
+        out = {}
+        for name, mode in modes.items():
+            start = time.perf_counter()
+            points = []
+            for value in mode.values:
+                config = axis_config(value)
+                if config not in asked:
+                    asked[config] = axis_questions(questions, seed, config)
+                    bar.set_postfix(mechanism=_label(value))
+                    measured[config] = mechanism_rows(lab, asked[config], budgets, top_k, bar=bar)
+                full = run(config, "none", full_budget)
+                runs = {(m, bd): run(config, m, bd) for m in mode.rules for bd in budgets}
+                points.append(point(value, mode, mechanism_figure(measured[config], mode, budgets), full, runs,
+                                    budgets))
+            out[name] = {"axis": mode.axis, "rules": list(mode.rules), "points": points,
+                         "verdict": verdict(name, mode, points, budgets), "mechanism_name": mode.mechanism_name,
+                         "seconds": round(time.perf_counter() - start, 1)}
+            if command is not None:
+                out[name]["command"] = command
+    return {"seed": int(seed), "questions": int(questions), "modes": out}
+
+
+def _csv_modes(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in MODES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown modes {bad}; known: {list(MODES)}")
+    return names
+
+
+def main(argv=None) -> int:
+    """``python -m eadp_lab study failure-axes ...`` (``argv`` without the two command words)."""
+    from .bench.accuracy import _csv_ints
+
+    parser = argparse.ArgumentParser(prog="python -m eadp_lab study failure-axes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=cli_int(0), default=0, help="held-out seed of every world's questions")
+    parser.add_argument("--questions", type=cli_int(2), default=500, help="questions per axis value")
+    parser.add_argument("--json", required=True, help="write the study here (atomically; checked before any work)")
+    parser.add_argument("--budgets", type=_csv_ints, default=list(DEFAULT_BUDGETS), help="tokens kept per image")
+    parser.add_argument("--modes", type=_csv_modes, default=list(MODES), help="which failure modes to sweep")
+    parser.add_argument("--batch", type=cli_int(1), default=32)
+    parser.add_argument("--threads", type=cli_int(1), default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--answers-dir", default=None,
+                        help="keep every run's answers here; a rerun resumes after the questions already answered")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        check_output(args.json, "--json")
+        if args.answers_dir:
+            check_output(Path(args.answers_dir) / "probe.jsonl", "--answers-dir")
+    except OutputPathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    from .lab import Lab
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m eadp_lab study failure-axes " + " ".join(sys.argv[3:] if argv is None else argv)
+    lab = Lab.load()
+    report = failure_axes(lab, args.seed, args.questions, args.budgets, {n: MODES[n] for n in args.modes},
+                          batch=args.batch, answers_dir=args.answers_dir, progress=not args.no_progress,
+                          command=command)
+    for mode in report["modes"].values():
+        print(f"\n{mode['verdict']}")
+    return save_report(args.json, report, what="figures")
