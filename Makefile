@@ -40,10 +40,10 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
-## book: execute every notebook (papermill), validate them (nbval), build the book, check it in a browser
+## book: execute every notebook (papermill), validate them at smoke sizes (nbval), build the book, check it in a browser
 book: venv-book
-	$(PY) book/build.py execute
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env book/chapters
+	$(PY) book/build.py execute smoke
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env book/_build/smoke
 	$(PY) book/build.py vendor build
 	$(PY) -m pytest -q tests/test_book_site.py tests/test_live_lab.py tests/test_real_format.py --run-book
 

@@ -1,10 +1,13 @@
 """Execute the notebooks and build the Jupyter Book, offline. Called by `make book`.
 
-    python book/build.py [execute] [vendor] [build] [--notebooks 00_tour,01_...] [-p NAME VALUE ...]
+    python book/build.py [execute] [smoke] [vendor] [build] [--notebooks 00_tour,01_...] [-p NAME VALUE ...]
 
 1. execute: every `notebooks/NN_*.ipynb` (outputs never committed) is run with papermill
    into `book/chapters/` (git-ignored) with its default, CPU-sized parameters or the
    `-p` overrides; per-notebook wall times go to `book/_build/timings.json`.
+   smoke: the same chapters with their parameters cut to a few questions (:data:`SMOKE`), not executed,
+   into ``book/_build/smoke/``: ``make book`` validates those with nbval (every cell runs without an
+   error at a second setting of the parameters), instead of running the book's copies a second time.
 2. vendor: MathJax 3, RequireJS and the ipywidgets HTML manager come from the npm registry
    (`npm pack`, cached in `.cache/npm/`) into `book/_vendor/`, so that pages load nothing
    from a CDN.
@@ -145,6 +148,35 @@ def build() -> None:
     print(f"[build] book built in {seconds} s: {html / 'index.html'}")
 
 
+# Each chapter's parameters cut to a few questions, for the validation run (nbval): the book's copies run
+# at the chapters' own sizes (execute); the smoke copies check that every chapter also runs, top to
+# bottom and without an error, at another setting of its parameters, in a fraction of the time.
+SMOKE = {
+    "01_motivation_failures": {"n_questions": 24, "n_accuracy": 16},
+    "02_entropy_analysis": {"n_questions": 16, "n_accuracy": 16},
+    "03_submodular_selection": {"n_images": 8, "n_instances": 40, "timing_cases": "1x256x32", "timing_repeats": 1},
+    "04_full_model_benchmarks": {"questions": 16, "efficiency_samples": 1, "efficiency_repeats": 1},
+    "05_video_and_multicrop": {"n_clips": 6, "n_images": 6},
+    "06_explorer": {"n_reliability": 16},
+}
+SMOKE_DIR = BOOK / "_build" / "smoke"
+
+
+def smoke(names=None) -> list[Path]:
+    """Copies of the chapters with their smoke parameters injected (papermill, not executed), for nbval."""
+    import papermill
+
+    SMOKE_DIR.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in notebooks(names):
+        target = SMOKE_DIR / path.name
+        papermill.execute_notebook(str(path), str(target), parameters=SMOKE.get(path.stem, {}), prepare_only=True,
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+        out.append(target)
+    print(f"[smoke] {len(out)} chapters with smoke parameters in {SMOKE_DIR}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("steps", nargs="*", help="execute, vendor and/or build (default: all three, in order)")
@@ -153,8 +185,8 @@ def main(argv=None) -> int:
                         help="papermill parameter override (value parsed as JSON when it can be)")
     args = parser.parse_args(argv)
     args.steps = args.steps or ["execute", "vendor", "build"]
-    if set(args.steps) - {"execute", "vendor", "build"}:
-        parser.error(f"steps must be among execute, vendor, build; got {args.steps}")
+    if set(args.steps) - {"execute", "smoke", "vendor", "build"}:
+        parser.error(f"steps must be among execute, smoke, vendor, build; got {args.steps}")
     parameters = {}
     for name, value in args.p:
         try:
@@ -164,6 +196,8 @@ def main(argv=None) -> int:
     names = args.notebooks.split(",") if args.notebooks else None
     if "execute" in args.steps:
         execute(names, parameters)
+    if "smoke" in args.steps:
+        smoke(names)
     if "vendor" in args.steps:
         vendor()
     if "build" in args.steps:
