@@ -51,8 +51,7 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
 
     family = family_of(model)
     model_id = model_id or model_id_of(model)
-    if sign is None and scoring == "clip":
-        sign = clip_similarity_sign(clip)  # the sign the CLIP declares (the lab CLIP); None: the presets' -1
+    sign = run_sign(sign, scoring, clip)
     tokenizer = left_padded(processor).tokenizer
     asked = {q.qid for q in questions}
     if len(asked) != len(questions):
@@ -120,16 +119,21 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
     }
 
 
+def run_sign(sign, scoring: str, clip):
+    """The similarity sign a run uses: ``sign`` if given, else (CLIP scoring) the sign the CLIP declares (the lab
+    CLIP's), else ``None``: the presets' -1."""
+    return clip_similarity_sign(clip) if sign is None and scoring == "clip" else sign
+
+
 def answers_run(model, name: str, budget: int, *, clip=None, scoring: str = "clip", sign=None,
                 positions: str = "renumber", max_new_tokens: int = 3, seed: int = 0,
                 model_id: str | None = None) -> dict:
     """The :func:`~eadp_lab.evaluation.answers.run_record` of :func:`evaluate`'s arguments: what an answers
     file of that call records (the method's settings as its first batch uses them; the CLIP by its path or
-    hub id; ``sign`` as given, before the CLIP's declared sign fills it in)."""
+    hub id; the sign :func:`run_sign` gives)."""
     from ..models import family_of
 
-    if sign is None and scoring == "clip":
-        sign = clip_similarity_sign(clip)
+    sign = run_sign(sign, scoring, clip)
     _, settings = method_settings(name, family_of(model), 0, seed, sign)
     return run_record(model=model_id or model_id_of(model), clip=None if clip is None else model_id_of(clip),
                       method=name, budget=budget, settings=asdict(settings) if is_dataclass(settings) else None,

@@ -493,10 +493,11 @@ def precision_dtype(precision: str) -> torch.dtype | None:
 
 
 @register("none", NoSettings, text_guided=False, reference="no pruning: every visual token is kept")
-def keep_all(inputs: PruneInputs, budget: int, settings: NoSettings) -> PruneResult:
-    """Keep every (real) token, in order (the unpruned model)."""
+def keep_all(inputs: PruneInputs, budget: int, settings: NoSettings, method: str = "none") -> PruneResult:
+    """Keep every (real) token, in order (the unpruned model; also any ``method`` whose budget covers every
+    token)."""
     R, N = inputs.num_rows, inputs.num_tokens
     picks = torch.arange(N, device=inputs.features.device).expand(R, N).clone()
     if inputs.ragged:
         picks = picks.masked_fill(~inputs.token_mask, -1)
-    return selection_result("none", settings, budget, picks, N)
+    return selection_result(method, settings, budget, picks, N)

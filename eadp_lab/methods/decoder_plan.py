@@ -41,6 +41,15 @@ class LayerView:
     prompt_visual: torch.Tensor
     final_norm: torch.nn.Module | None = None
 
+    def _rotary(self, states: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``states`` ``(B, H, Q, d)`` of the rows ``rows`` (``(B, Q)``; ``None``: every row) rotated by their
+        positions' rotary embedding, in float32."""
+        cos, sin = self.cos.float(), self.sin.float()
+        if rows is not None:
+            index = rows[..., None].expand(-1, -1, cos.shape[-1])
+            cos, sin = cos.gather(1, index), sin.gather(1, index)
+        return states * cos[:, None] + _rotate_half(states) * sin[:, None]
+
     def queries_keys(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Post-rotary queries of ``rows`` and keys of every row, as this layer computes them, in float32.
 
@@ -51,20 +60,12 @@ class LayerView:
         """
         attn = self.layer.self_attn
         x = self.layer.input_layernorm(self.hidden)
-        B, L, _ = x.shape
-        d = attn.head_dim
-        k = attn.k_proj(x).view(B, L, -1, d).transpose(1, 2).float()
         xq = x if rows is None else x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
-        q = attn.q_proj(xq).view(B, xq.shape[1], -1, d).transpose(1, 2).float()
+        q = attn.q_proj(xq).view(x.shape[0], xq.shape[1], -1, attn.head_dim).transpose(1, 2).float()
         if getattr(attn, "q_norm", None) is not None:  # Qwen3-style per-head norms
-            q, k = attn.q_norm(q.to(x.dtype)).float(), attn.k_norm(k.to(x.dtype)).float()
-        cos, sin = self.cos.float()[:, None], self.sin.float()[:, None]
-        k = k * cos + _rotate_half(k) * sin
-        qcos = cos if rows is None else cos.squeeze(1).gather(1, rows[..., None].expand(-1, -1, d))[:, None]
-        qsin = sin if rows is None else sin.squeeze(1).gather(1, rows[..., None].expand(-1, -1, d))[:, None]
-        q = q * qcos + _rotate_half(q) * qsin
-        groups = q.shape[1] // k.shape[1]
-        return q, k.repeat_interleave(groups, dim=1)
+            q = attn.q_norm(q.to(x.dtype)).float()
+        q, k = self._rotary(q, rows), self.keys(x)
+        return q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
 
     def attention(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """This layer's attention probabilities for the query ``rows`` over every key, in float32.
@@ -86,16 +87,16 @@ class LayerView:
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         return scores.softmax(dim=-1)
 
-    def keys(self) -> torch.Tensor:
-        """``(B, H_kv, L, d)`` this layer's post-rotary keys (what its cache stores), in float32."""
+    def keys(self, normed: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H_kv, L, d)`` this layer's post-rotary keys (what its cache stores), in float32; ``normed``: its
+        input after ``input_layernorm``, when the caller has it."""
         attn = self.layer.self_attn
-        x = self.layer.input_layernorm(self.hidden)
+        x = self.layer.input_layernorm(self.hidden) if normed is None else normed
         B, L, _ = x.shape
         k = attn.k_proj(x).view(B, L, -1, attn.head_dim).transpose(1, 2).float()
         if getattr(attn, "k_norm", None) is not None:
             k = attn.k_norm(k.to(x.dtype)).float()
-        cos, sin = self.cos.float()[:, None], self.sin.float()[:, None]
-        return k * cos + _rotate_half(k) * sin
+        return self._rotary(k)
 
     def sample(self, b: int) -> "LayerView":
         """The view of sample ``b`` alone (a batch of one)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import PruneInputs, PruneResult, read_layer, register, selection_result
+from .base import PruneInputs, PruneResult, keep_all, read_layer, register, selection_result
 from .hiprune import HiPruneSettings, hiprune_select
 from .visionzip import VisionZipSettings, layer_attention, split_budget, visionzip
 
@@ -39,12 +39,6 @@ def vision_layers(method: str, settings, depth: int, feature_layer: int) -> tupl
     return (read,)
 
 
-def _keep_all(method: str, settings, budget: int, inputs: PruneInputs) -> PruneResult:
-    R, N = inputs.num_rows, inputs.num_tokens
-    picks = torch.arange(N, device=inputs.features.device).expand(R, N).clone()
-    return selection_result(method, settings, budget, picks, N)
-
-
 def _vision_method(name: str, settings: type, reference: str):
     """Register ``core(inputs, vision, budget, settings)`` as the vision-encoder method ``name``: it gets the
     rows' :class:`~eadp_lab.methods.base.VisionStates`, and a budget of every token keeps every token."""
@@ -53,7 +47,7 @@ def _vision_method(name: str, settings: type, reference: str):
         def run(inputs: PruneInputs, budget: int, chosen) -> PruneResult:
             vision = inputs.require_vision(name)
             if budget >= inputs.num_tokens:
-                return _keep_all(name, chosen, budget, inputs)
+                return keep_all(inputs, budget, chosen, method=name)
             return core(inputs, vision, budget, chosen)
         run.__doc__ = core.__doc__
         return run

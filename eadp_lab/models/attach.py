@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +60,7 @@ class ItemRecord:
     result: PruneResult
     layout: ItemLayout
     text_tokens: list[str]
+    columns: torch.Tensor | None = None  # in-LLM methods: the prompt columns of the item's placeholders
 
 
 @dataclass
@@ -117,7 +119,9 @@ class Pruner:
     def __init__(self, model, method="eadp", budget=64, scoring="llm", settings=None, clip=None, tokenizer=None,
                  clip_tokenizer=None, text_positions=None, positions="renumber", newlines="rows",
                  keep_history: int = 8, **overrides):
-        self._handle, self._wrapped = None, {}  # nothing hooked yet: remove() is harmless
+        # nothing hooked yet: remove() is harmless
+        self._handle, self._wrapped, self.decoder, self._finish, self._vision_hooks = None, {}, None, None, []
+        self._pending: CallRecord | None = None  # an in-LLM prefill's record, finished after the forward
         check_choice("method", method, METHODS)
         check_choice("scoring", scoring, ("clip", "llm"))
         check_choice("positions", positions, ("renumber", "original"))
@@ -164,7 +168,6 @@ class Pruner:
             self.sign = None
         self._settings = _settings_by_modality(method, self.family, settings, overrides, self.sign)
         self.stage = METHODS[method].stage
-        self.decoder = None
         if self.stage == "vision" and positions == "original" and METHODS[method].name == "visionzip":
             raise ValueError("visionzip feeds merged tokens that have no original positions: use "
                              "positions='renumber' (its published setting)")
@@ -219,13 +222,13 @@ class Pruner:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.remove()
-        decoder, self.decoder = getattr(self, "decoder", None), None
+        decoder, self.decoder = self.decoder, None
         if decoder is not None:
             decoder.remove()
-        finish, self._finish = getattr(self, "_finish", None), None
+        finish, self._finish = self._finish, None
         if finish is not None:
             finish.remove()
-        for hook in getattr(self, "_vision_hooks", []):
+        for hook in self._vision_hooks:
             hook.remove()
         self._vision_hooks, self._vision_inputs = [], {}
         for name, previous in self._wrapped.items():
@@ -438,8 +441,7 @@ class Pruner:
                 else:
                     keep[layout.sample] += min(n, int(self.budget) * len(layout.rows))
                 record.items.append(ItemRecord(modality, layout.sample, None, n, n, torch.arange(n), None, layout,
-                                               []))
-                record.items[-1].columns = where[:, 1].cpu()
+                                               [], columns=where[:, 1].cpu()))
         self.decoder.plan.begin(keep)
         self.decoder.prompt_visual = visual
         kwargs["mm_encoder_outputs"] = mm
@@ -450,7 +452,7 @@ class Pruner:
 
     def _finish_llm(self, module, args, output):
         """After an in-LLM prefill: each item's kept tokens, from what the last drop kept."""
-        record, self._pending = getattr(self, "_pending", None), None
+        record, self._pending = self._pending, None
         if record is None or not self.decoder.records:
             return None
         stages = self.decoder.records[-1]["stages"]
@@ -467,9 +469,7 @@ class Pruner:
             record.visual_per_layer.append(per_layer)
         record.seconds = sum(s["note"].get("seconds", 0.0) for s in stages)
         settings = next(iter(self._settings.values()))
-        items_of = {}
-        for item in record.items:
-            items_of[item.sample] = items_of.get(item.sample, 0) + 1
+        items_of = Counter(item.sample for item in record.items)
         for item in record.items:
             kept_columns = stages[-1]["kept_origin"][item.sample].cpu()
             kept = torch.isin(item.columns, kept_columns).nonzero().squeeze(1)

@@ -60,6 +60,7 @@ class _Stage:
     sin: torch.Tensor
     mask: torch.Tensor | None  # the 4-D prefill mask in the model's format, or None
     shift: torch.Tensor | None  # (B,) long: renumbered positions lag the prompt's by this much; None: kept
+    decode: tuple | None = None  # (step key, mask, position embeddings) of the latest decode step
 
 
 def _mask_like(template, valid: torch.Tensor, queries: int, dtype: torch.dtype, tail=None):
@@ -255,16 +256,23 @@ class DecoderPruner:
         stage = self._stage_at(index)
         if stage is None:
             return kwargs
-        queries = hidden.shape[1]
-        template = kwargs.get("attention_mask")
-        tail = _tail_of(template, self._length)
-        if tail is None:
-            past = cache.get_seq_length(index)
-            tail = stage.valid.new_ones(stage.valid.shape[0], past + queries - stage.valid.shape[1])
-        kwargs["attention_mask"] = _mask_like(template, stage.valid, queries, hidden.dtype, tail)
-        if stage.shift is not None:
-            position_ids = kwargs.get("position_ids")
-            if position_ids is None:
-                raise ValueError("a renumbering plan needs position_ids on every decode step")
-            kwargs["position_embeddings"] = self.lm.rotary_emb(hidden, position_ids - stage.shift[:, None])
+        past = cache.get_seq_length(index)
+        template, position_ids = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        # every layer of a stage gets the same mask and positions on one step: computed at its first layer
+        key = (past, id(template), id(position_ids))
+        if stage.decode is None or stage.decode[0] != key:
+            queries = hidden.shape[1]
+            tail = _tail_of(template, self._length)
+            if tail is None:
+                tail = stage.valid.new_ones(stage.valid.shape[0], past + queries - stage.valid.shape[1])
+            mask = _mask_like(template, stage.valid, queries, hidden.dtype, tail)
+            embeddings = None
+            if stage.shift is not None:
+                if position_ids is None:
+                    raise ValueError("a renumbering plan needs position_ids on every decode step")
+                embeddings = self.lm.rotary_emb(hidden, position_ids - stage.shift[:, None])
+            stage.decode = (key, mask, embeddings)
+        _, kwargs["attention_mask"], embeddings = stage.decode
+        if embeddings is not None:
+            kwargs["position_embeddings"] = embeddings
         return kwargs
