@@ -190,14 +190,16 @@ def mechanism_rows(lab, questions: Sequence, budgets: Sequence[int], top_k: int 
 
 def paired_mean(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float, float, int]:
     """``(mean a, mean b, mean of a - b, its standard error, n)`` over paired values (NaN pairs dropped)."""
-    pairs = [(x, y) for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
-    n = len(pairs)
-    if n == 0:
+    import pandas as pd
+
+    from .studies import paired_gap
+
+    if not any(not (math.isnan(x) or math.isnan(y)) for x, y in zip(a, b)):
         return math.nan, math.nan, math.nan, math.nan, 0
-    diffs = [x - y for x, y in pairs]
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
-    return sum(x for x, _ in pairs) / n, sum(y for _, y in pairs) / n, mean, se, n
+    frame = pd.DataFrame([{"record": i, "rule": rule, "value": v} for i, pair in enumerate(zip(a, b))
+                          for rule, v in zip(("a", "b"), pair)])
+    gap = paired_gap(frame, "rule", "value", "a", "b")
+    return gap["a"], gap["b"], gap["gap"], gap["se"], gap["n"]
 
 
 def interval(difference: float, se: float) -> list[float]:
