@@ -50,6 +50,7 @@ from pathlib import Path
 
 from ._checks import cli_int
 from ._io import OutputPathError, check_output, save_report
+from .evaluation.scores import Z95  # a 95% interval is the estimate -/+ Z95 standard errors
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -71,7 +72,6 @@ __all__ = [
     "verdict",
 ]
 
-Z95 = 1.96  # a 95% interval is the estimate -/+ Z95 standard errors
 DEFAULT_BUDGETS = (28, 14)
 TOP_K = 16  # the top tokens of a score map inspected (chapter 01's figure)
 

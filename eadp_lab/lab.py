@@ -205,6 +205,19 @@ class Lab:
         return (f"Lab({self.name!r}, family={self.family!r}, scoring={self.scoring!r}, device={str(self.device)!r}, "
                 f"grid={self.grid})")
 
+    def ran_on(self) -> str:
+        """One sentence naming what this notebook ran: the lab models (trained here on the
+        synthetic world) or the checkpoint it was given, with device, dtype and scoring space.
+        The chapters glue it into their limits box (``{glue:text}`ran_on```)."""
+        dtype = str(self.dtype).replace("torch.", "")
+        space = "scored in CLIP space" if self.scoring == "clip" else "scored in the language model's space"
+        if self.name == "lab":
+            what = (f"the lab models (a {self.model.config.text_config.num_hidden_layers}-layer lab LLaVA and the "
+                    "lab CLIP, trained in this project on the synthetic lab world), not a real checkpoint")
+        else:
+            what = f"the checkpoint {self.name} ({type(self.model).__name__})"
+        return f"{what}, on {self.device.type} in {dtype}, {space}"
+
     # ------------------------------------------------------------------ settings
     def settings(self, method: str = "eadp", settings=None):
         """``(registry method, settings)`` of a method or ablation name, as the accuracy bench makes them.

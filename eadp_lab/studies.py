@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from . import guidance as gd
+from .evaluation.scores import Z95
 
 __all__ = ["paired_gap", "rank_correlation", "FailureStudy", "failure_study", "GUIDANCE_LABELS", "EntropyStudy", "entropy_study", "video_study", "crop_study"]
 
@@ -43,9 +44,10 @@ def paired_gap(frame: pd.DataFrame, column: str, value: str, a: str, b: str, ind
 
     ``frame`` is tidy (one row per unit and ``column`` label, e.g. per record and method).
     Returns ``{"a", "b": the two means on the paired units, "gap": mean of a - b, "se": its
-    standard error, "n": paired units, "a_better", "b_better": units where one is strictly
-    larger, "verdict": "higher" / "lower" (a against b, the gap beyond two standard errors) or
-    "no clear difference"}``. Booleans count as 0/1.
+    standard error, "low", "high": its 95% interval (``gap -/+ Z95 * se``), "n": paired units,
+    "a_better", "b_better": units where one is strictly larger, "verdict": "higher" / "lower"
+    (a against b) when the 95% interval excludes 0, else "no clear difference"}``. This is the
+    book's one definition of a *clear* difference. Booleans count as 0/1.
     """
     wide = frame[frame[column].isin([a, b])].pivot_table(index=index, columns=column, values=value, aggfunc="mean")
     if a not in wide or b not in wide:
@@ -55,9 +57,9 @@ def paired_gap(frame: pd.DataFrame, column: str, value: str, a: str, b: str, ind
     n = len(diff)
     se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     gap = float(diff.mean()) if n else math.nan
-    clear = n > 1 and abs(gap) > 2 * se
+    clear = n > 1 and abs(gap) > Z95 * se
     return {"a": float(wide[a].mean()) if n else math.nan, "b": float(wide[b].mean()) if n else math.nan,
-            "gap": gap, "se": se, "n": n, "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum()),
+            "gap": gap, "se": se, "low": gap - Z95 * se, "high": gap + Z95 * se, "n": n, "a_better": int((diff > 0).sum()), "b_better": int((diff < 0).sum()),
             "verdict": ("higher" if gap > 0 else "lower") if clear else "no clear difference"}
 
 

@@ -23,6 +23,9 @@ def test_load_facts(lab):
     assert lab.device == torch.device("cpu") and lab.dtype == torch.float32
     assert lab.clip is not None and lab.clip_tokenizer is not None and lab.processor is not None
     assert "llava" in repr(lab)
+    said = lab.ran_on()  # the chapters' limits box quotes it
+    assert said.startswith("the lab models (a 4-layer lab LLaVA") and "not a real checkpoint" in said
+    assert "on cpu in float32, scored in CLIP space" in said
 
 
 def test_prune_inputs_shapes(lab, record):

@@ -125,3 +125,17 @@ def test_paired_gap_by_hand():
     assert studies.paired_gap(noisy, "method", "recall", "a", "b")["verdict"] == "no clear difference"
     with pytest.raises(ValueError, match="'c'"):
         studies.paired_gap(noisy, "method", "recall", "a", "c")
+
+
+def test_paired_gap_calls_clear_what_its_95_interval_separates_from_zero():
+    """One definition of "clear" in the book: the 95% interval (gap -/+ 1.96 se) excludes 0.
+    Three wins in ten pairs sit at 1.964 standard errors: clear, though within two."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{"record": r, "method": m, "hit": v} for r in range(10)
+                          for m, v in (("a", int(r < 3)), ("b", 0))])
+    gap = studies.paired_gap(frame, "method", "hit", "a", "b")
+    assert 1.96 < gap["gap"] / gap["se"] < 2
+    assert gap["low"] == pytest.approx(gap["gap"] - 1.96 * gap["se"]) and gap["low"] > 0
+    assert gap["high"] == pytest.approx(gap["gap"] + 1.96 * gap["se"])
+    assert gap["verdict"] == "higher"
