@@ -3,6 +3,7 @@
 - ``select``: facility location, the fast greedy against the published loop (:mod:`.select`);
 - ``efficiency``: time, memory, KV cache and FLOPs of every method in a real model (:mod:`.efficiency`);
 - ``accuracy``: accuracy against budget of every method through ``attach`` (:mod:`.accuracy`);
+- ``merge``: one report from ``accuracy`` runs of other methods on the same questions (:mod:`.merge`);
 - ``flops``: the analytic prefill FLOPs and KV-cache table of the shipped 7B configs (:func:`eadp_lab.flops.main`).
 """
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "efficiency": "eadp_lab.bench.efficiency",
     "flops": "eadp_lab.flops",
     "accuracy": "eadp_lab.bench.accuracy",
+    "merge": "eadp_lab.bench.merge",
 }
 
 
