@@ -3,6 +3,7 @@ that should switch it on: one command.
 
     python -m eadp_lab study failure-axes --seed S --questions Q --json OUT [--budgets 28,14]
         [--threads N] [--batch 32] [--answers-dir DIR] [--modes global_guidance,...]
+        [--model lab] [--clip auto] [--device cpu] [--dtype float32]
 
 In the lab's default world the three failure modes that motivate EADP barely show: most objects
 are tiny or small, questions are short, scenes hold a handful of objects. Each mode is a claim
@@ -70,6 +71,14 @@ __all__ = [
     "slope",
     "trend",
     "verdict",
+    "SHIPPED",
+    "LONG_RUN",
+    "load_study",
+    "study_frame",
+    "study_glue",
+    "headline",
+    "plot_mode",
+    "long_run_gaps",
 ]
 
 DEFAULT_BUDGETS = (28, 14)
@@ -126,17 +135,17 @@ def axis_config(value: dict):
     return WorldConfig().replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
-def axis_questions(n: int, seed: int, config, workers: int = 1) -> list:
+def axis_questions(n: int, seed: int, config, workers: int = 1, grid="default") -> list:
     """``n`` ``heldout`` questions of the world ``config`` for ``seed``, as
     :func:`eadp_lab.evaluation.lab_questions` makes them for the default world (with ``named``
-    and ``masks``)."""
+    and ``masks``, the object masks on ``grid``: a model's token grid, ``lab.grid``)."""
     from .evaluation import Question
     from .guidance import named_objects, object_masks
     from .world import sample
 
     return [Question(f"heldout/{seed}/{r.index}", r.image, r.question.text, r.answer, r.qtype,
                      named_objects(r.question), object_masks(r.coverage))
-            for r in sample("heldout", n, seed=seed, config=config, workers=workers)]
+            for r in sample("heldout", n, seed=seed, config=config, workers=workers, grid=grid)]
 
 
 def _json_value(value: dict) -> dict:
@@ -405,7 +414,7 @@ def failure_axes(lab, seed: int, questions: int, budgets: Sequence[int] = DEFAUL
             for value in mode.values:
                 config = axis_config(value)
                 if config not in asked:
-                    asked[config] = axis_questions(questions, seed, config)
+                    asked[config] = axis_questions(questions, seed, config, grid=lab.grid)
                     bar.set_postfix(mechanism=_label(value))
                     measured[config] = mechanism_rows(lab, asked[config], budgets, top_k, bar=bar)
                 full = run(config, "none", full_budget)
@@ -418,6 +427,239 @@ def failure_axes(lab, seed: int, questions: int, budgets: Sequence[int] = DEFAUL
             if command is not None:
                 out[name]["command"] = command
     return {"seed": int(seed), "questions": int(questions), "modes": out}
+
+
+# ---------------------------------------------------------------- reading a study (chapter 01)
+
+SHIPPED = "failure-axes-4242.json"  # the shipped run, in eadp_lab.paths.RESULTS
+LONG_RUN = "accuracy-lab.json"  # chapter 04's long accuracy run of the lab models, in RESULTS
+SHORT = {"global_guidance": "global", "textual_noise": "noise", "topk_redundancy": "topk"}  # glue prefixes
+AXIS_TITLES = {"n_objects": "objects per scene: setting (mean drawn)",
+               "verbosity": "verbosity: filler clauses (mean words per question)",
+               "size_weights, object_scale": "size mix, % tiny/small/large (tokens per named object)"}
+MECHANISM_LABELS = {  # what each rule's mechanism figure measures, for the legends
+    "global_guidance": ("eadp: entropy-filtered dense map", "eadp-global: global map"),
+    "textual_noise": ("eadp: entropy-filtered dense map", "eadp-noentropy: every word averaged"),
+    "topk_redundancy": ("eadp: facility location", "eadp-topk: Top-K"),
+}
+_POINT_KEYS = {"value", "mechanism", "full_accuracy", "accuracy", "difference", "interval"}
+
+
+def load_study(path=None) -> dict:
+    """The JSON ``python -m eadp_lab study failure-axes`` wrote, checked (default: the shipped run,
+    :data:`SHIPPED` in :data:`eadp_lab.paths.RESULTS`). Read by ``notebooks/01_motivation_failures``.
+
+    ``ValueError`` naming ``path`` when a mode lacks its axis, rules, points or verdict, or a point
+    lacks one of its fields or a budget the others have.
+    """
+    from .paths import RESULTS
+
+    path = Path(RESULTS / SHIPPED if path is None else path)
+    report = json.loads(path.read_text())
+    if not isinstance(report, dict) or not isinstance(report.get("modes"), dict) or not report["modes"]:
+        raise ValueError(f"{path}: not a failure-axes study (no modes)")
+    for name, mode in report["modes"].items():
+        missing = {"axis", "rules", "points", "verdict"} - set(mode)
+        if missing or len(mode["rules"]) != 2 or not mode["points"]:
+            raise ValueError(f"{path}: mode {name!r} lacks {sorted(missing) or 'two rules and its points'}")
+        budgets = set(mode["points"][0]["difference"])
+        for p in mode["points"]:
+            if _POINT_KEYS - set(p) or set(p["difference"]) != budgets or set(p["interval"]) != budgets:
+                raise ValueError(f"{path}: a point of {name!r} lacks {sorted(_POINT_KEYS - set(p)) or 'a budget'}")
+    return report
+
+
+def _setting(axis: str, value: dict) -> str:
+    """A short label of one axis value: ``2-3``, ``4``, ``35/35/30`` (``x1.25`` when scaled)."""
+    if "n_objects" in value:
+        low, high = value["n_objects"]
+        return str(low) if low == high else f"{low}-{high}"
+    if "verbosity" in value:
+        return str(value["verbosity"])
+    if "size_weights" in value:
+        mix = "/".join(f"{100 * w:.0f}" for w in value["size_weights"])
+        scale = value.get("object_scale", 1.0)
+        return mix if scale == 1 else f"{mix} x{scale:g}"
+    return _label(value)
+
+
+def _context(axis: str, context: dict) -> str:
+    """What the world came out as at one axis value, in the unit the axis moves."""
+    key, unit = {"n_objects": ("objects", " objects"), "verbosity": ("words", " words")}.get(axis, ("patches", " tokens"))
+    value = context.get(key)
+    return "" if value is None else f"{value:.1f}{unit}"
+
+
+def study_frame(report: dict):
+    """The study as one tidy frame: a row per mode, axis value and budget (read by chapter 01).
+
+    Columns: ``mode``, ``axis``, ``step`` (0, 1, ... along the axis), ``setting`` (short label),
+    ``tick`` (the label with the world's measured context under it), ``rule``, ``ablation``,
+    ``budget``; the accuracy figures ``full_accuracy`` (unpruned), ``rule_accuracy``,
+    ``ablation_accuracy``, ``difference``, ``low``, ``high`` (rule - ablation and its 95%
+    interval); the mechanism figures ``mechanism_rule``, ``mechanism_ablation``,
+    ``mechanism_difference``, ``mechanism_low``, ``mechanism_high``, ``mechanism_budget`` (the
+    budget of a kept-set figure, else NaN), ``chance`` and ``n`` (questions naming an object);
+    ``objects``, ``words``, ``patches`` (the world as drawn). Fractions, not percentages.
+    """
+    import pandas as pd
+
+    rows = []
+    for name, mode in report["modes"].items():
+        rule, ablation = mode["rules"]
+        for step, p in enumerate(mode["points"]):
+            m = p["mechanism"]
+            context = m.get("context") or {}
+            interval_ = m.get("interval") or [math.nan, math.nan]
+            setting = _setting(mode["axis"], p["value"])
+            shown = _context(mode["axis"], context)
+            for budget in sorted(p["difference"], key=int, reverse=True):
+                rows.append({
+                    "mode": name, "axis": mode["axis"], "step": step, "setting": setting,
+                    "tick": f"{setting}\n({shown})" if shown else setting, "rule": rule, "ablation": ablation,
+                    "budget": int(budget), "full_accuracy": p["full_accuracy"],
+                    "rule_accuracy": p["accuracy"][rule][budget], "ablation_accuracy": p["accuracy"][ablation][budget],
+                    "difference": p["difference"][budget], "low": p["interval"][budget][0],
+                    "high": p["interval"][budget][1],
+                    **{f"mechanism_{k}": (math.nan if m.get(key) is None else m[key])
+                       for k, key in (("rule", rule), ("ablation", ablation), ("difference", "difference"))},
+                    "mechanism_low": interval_[0], "mechanism_high": interval_[1],
+                    "mechanism_budget": math.nan if m.get("budget") is None else m["budget"],
+                    "chance": math.nan if m.get("chance") is None else m["chance"], "n": m.get("n"),
+                    **{k: context.get(k, math.nan) for k in ("objects", "words", "patches")}})
+    return pd.DataFrame(rows)
+
+
+def headline(verdict_text: str) -> str:
+    """The first sentence of a mode's verdict (whether it appears), without the figures after it."""
+    head = verdict_text.split(" At budget ", 1)[0]
+    return head.split(": ", 1)[1] if ": " in head else head
+
+
+def _effect(row) -> str:
+    return f"{100 * row['difference']:+.1f} points [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
+
+
+def study_glue(report: dict) -> dict:
+    """The values chapter 01's prose quotes from a study, by name (``{prefix}_...``, prefix from
+    :data:`SHORT`): ``verdict`` (the computed paragraph) and ``headline``; per end of the axis
+    (``first``, ``last``): ``setting``, ``context`` (objects, words or tokens per named object),
+    ``full`` (unpruned accuracy), ``mech_rule``, ``mech_ablation`` (the mechanism figure of each
+    rule) and per budget ``effect_{budget}`` (rule - ablation in points with its 95% interval);
+    ``drop`` (the unpruned accuracy's largest fall along the axis), ``n`` (questions per value);
+    and ``study_seed``, ``study_questions``."""
+    frame = study_frame(report)
+    out = {"study_seed": report.get("seed"), "study_questions": report.get("questions")}
+    for name, mode in report["modes"].items():
+        key = SHORT.get(name, name)
+        rows = frame[frame["mode"] == name]
+        out[f"{key}_verdict"] = mode["verdict"]
+        out[f"{key}_headline"] = headline(mode["verdict"])
+        full = rows.drop_duplicates("step")["full_accuracy"]
+        out[f"{key}_drop"] = float(full.iloc[0] - full.min())
+        out[f"{key}_n"] = int(rows["n"].min())
+        for end, step in (("first", rows["step"].min()), ("last", rows["step"].max())):
+            at = rows[rows["step"] == step]
+            row = at.iloc[0]
+            out[f"{key}_{end}_setting"] = row["setting"]
+            out[f"{key}_{end}_context"] = _context(mode["axis"], {k: row[k] for k in ("objects", "words", "patches")})
+            out[f"{key}_{end}_full"] = float(row["full_accuracy"])
+            out[f"{key}_{end}_mech_rule"] = float(row["mechanism_rule"])
+            out[f"{key}_{end}_mech_ablation"] = float(row["mechanism_ablation"])
+            for _, r in at.iterrows():
+                out[f"{key}_{end}_effect_{r['budget']}"] = _effect(r)
+    return out
+
+
+def plot_mode(frame, name: str, top_k: int = TOP_K):
+    """Chapter 01's figure of one mode along its axis, from :func:`study_frame`: the mechanism
+    (left), the accuracy effect ``rule - ablation`` in points with its 95% interval per budget
+    (middle), and the accuracy of both rules and of the unpruned model (right). Legends sit under
+    the panels, clear of the curves. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .plots import method_colours
+
+    rows = frame[frame["mode"] == name].sort_values(["step", "budget"])
+    if rows.empty:
+        raise ValueError(f"the frame has no mode {name!r}; it has {sorted(set(frame['mode']))}")
+    first = rows.iloc[0]
+    rule, ablation, axis = first["rule"], first["ablation"], first["axis"]
+    points = rows.drop_duplicates("step")
+    steps, ticks = points["step"].to_numpy(), points["tick"].tolist()
+    budgets = sorted(set(rows["budget"]), reverse=True)
+    colours = method_colours([rule, ablation])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
+
+    ax = axes[0]
+    labels = MECHANISM_LABELS.get(name, (rule, ablation))
+    for method, column, marker, label in ((rule, "mechanism_rule", "o", labels[0]),
+                                          (ablation, "mechanism_ablation", "s", labels[1])):
+        ax.plot(steps, 100 * points[column], marker=marker, color=colours[method], label=label)
+    kept_budget = first["mechanism_budget"]
+    if math.isnan(kept_budget):
+        ax.plot(steps, 100 * points["chance"], ls="--", color="0.4", label="chance (named objects' share)")
+        ax.set_ylabel(f"top-{top_k} tokens on named objects (%)")
+        ax.set_title("mechanism: where the score map points")
+    else:
+        ax.set_ylabel(f"named objects reached at {int(kept_budget)} tokens (%)")
+        ax.set_title("mechanism: what the kept set reaches")
+
+    ax = axes[1]
+    offsets = {b: (i - (len(budgets) - 1) / 2) * 0.12 for i, b in enumerate(budgets)}
+    shades = dict(zip(budgets, ("0.15", "0.55", "0.75")))
+    for b in budgets:
+        at = rows[rows["budget"] == b]
+        ax.errorbar(at["step"] + offsets[b], 100 * at["difference"],
+                    yerr=[100 * (at["difference"] - at["low"]), 100 * (at["high"] - at["difference"])],
+                    marker="o", capsize=3, color=shades[b], label=f"{b} tokens (95% interval)")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel(f"{rule} minus {ablation} (points)")
+    ax.set_title("accuracy effect of the ablated step")
+
+    ax = axes[2]
+    ax.plot(steps, 100 * points["full_accuracy"], marker="D", color="k", label="unpruned (every token)")
+    for b, style in zip(budgets, ("-", ":", "-.")):
+        at = rows[rows["budget"] == b]
+        for method, column in ((rule, "rule_accuracy"), (ablation, "ablation_accuracy")):
+            ax.plot(at["step"], 100 * at[column], ls=style, marker="o", color=colours[method], label=f"{method} @ {b}")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy, unpruned and pruned")
+
+    for ax in axes:
+        ax.set_xticks(steps, ticks)
+        ax.set_xlabel(AXIS_TITLES.get(axis, axis))
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2 if ax is not axes[0] else 1,
+                  frameon=False, fontsize="small")
+    fig.suptitle(f"{name}: {rule} against {ablation} along {axis}")
+    return fig
+
+
+def long_run_gaps(path=None, budget: int = 14, modes: dict | None = None):
+    """Each mode's accuracy effect in chapter 04's long run (default :data:`LONG_RUN` in
+    :data:`eadp_lab.paths.RESULTS`) at ``budget``, on the default world: a frame indexed by mode
+    with ``rule``, ``ablation``, ``difference`` (rule - ablation, paired over the questions),
+    ``low``, ``high`` (95%), ``n``, and each rule's ``reached`` (share of named objects kept by at
+    least one token, as the bench records it). Read by chapter 01."""
+    import pandas as pd
+
+    from .evaluation import load_results, paired_difference
+    from .paths import RESULTS
+
+    path = RESULTS / LONG_RUN if path is None else path
+    rows = {(r["method"], int(r["budget"])): r for r in load_results(path)["results"]}
+    out = {}
+    for name, mode in (MODES if modes is None else modes).items():
+        a, b = mode.rules
+        if (a, budget) not in rows or (b, budget) not in rows:
+            raise ValueError(f"{path}: no {a} and {b} runs at budget {budget}")
+        diff, se, n = paired_difference(rows[a, budget]["hits"], rows[b, budget]["hits"])
+        low, high = interval(diff, se)
+        out[name] = {"rule": a, "ablation": b, "difference": diff, "low": low, "high": high, "n": n,
+                     "reached_rule": rows[a, budget].get("named_reached"),
+                     "reached_ablation": rows[b, budget].get("named_reached")}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def _csv_modes(text: str) -> list[str]:
@@ -443,6 +685,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=cli_int(1), default=None, help="torch threads (default: torch's)")
     parser.add_argument("--answers-dir", default=None,
                         help="keep every run's answers here; a rerun resumes after the questions already answered")
+    parser.add_argument("--model", default="lab", help="VLM: lab (data/models/lab-llava), a hub id or a folder")
+    parser.add_argument("--clip", default="auto",
+                        help="CLIP to score with: auto (the lab CLIP for lab), a hub id or folder, or none (LLM space)")
+    parser.add_argument("--device", default="cpu", help="where the models run (default: %(default)s)")
+    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -459,7 +706,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python -m eadp_lab study failure-axes " + " ".join(sys.argv[3:] if argv is None else argv)
-    lab = Lab.load()
+    lab = Lab.load(args.model, device=args.device, dtype=args.dtype,
+                   clip=None if str(args.clip).lower() == "none" else args.clip)
     report = failure_axes(lab, args.seed, args.questions, args.budgets, {n: MODES[n] for n in args.modes},
                           batch=args.batch, answers_dir=args.answers_dir, progress=not args.no_progress,
                           command=command)

@@ -220,3 +220,86 @@ def test_the_command_writes_every_mode_at_every_axis_value(tmp_path):
     defaults = {m["points"][[fa.axis_config(v) for v in fa.MODES[n].values].index(WorldConfig())]["full_accuracy"]
                 for n, m in report["modes"].items()}
     assert len(defaults) == 1
+
+
+# ---------------------------------------------------------------- reading a study (chapter 01)
+
+@pytest.fixture(scope="module")
+def shipped():
+    return fa.load_study()
+
+
+def test_the_shipped_study_loads_into_one_tidy_frame(shipped):
+    assert set(shipped["modes"]) == set(fa.MODES) and shipped["questions"] >= 1000
+    frame = fa.study_frame(shipped)
+    assert len(frame) == sum(len(m["points"]) * len(m["points"][0]["difference"]) for m in shipped["modes"].values())
+    assert set(frame.budget) == {28, 14}
+    # the accuracy effect is the rule's accuracy minus the ablation's, inside its interval
+    assert (frame.difference - (frame.rule_accuracy - frame.ablation_accuracy)).abs().max() < 2e-3
+    assert ((frame.low <= frame.difference) & (frame.difference <= frame.high)).all()
+    assert frame.full_accuracy.between(0, 1).all()
+    guidance, topk = frame[frame["mode"] != "topk_redundancy"], frame[frame["mode"] == "topk_redundancy"]
+    assert guidance.mechanism_budget.isna().all() and (topk.mechanism_budget == 14).all()
+    assert list(frame[(frame["mode"] == "global_guidance") & (frame.budget == 28)].setting) == ["2-3", "3-7", "6-8", "9-10"]
+    assert frame[frame["mode"] == "topk_redundancy"].setting.iloc[-1] == "0/0/100 x1.25"
+    assert frame[frame["mode"] == "textual_noise"].tick.iloc[0] == "0\n(10.2 words)"
+
+
+def test_study_glue_quotes_the_verdicts_and_both_ends(shipped):
+    values = fa.study_glue(shipped)
+    for name, key in fa.SHORT.items():
+        assert values[f"{key}_verdict"] == shipped["modes"][name]["verdict"]
+        assert values[f"{key}_verdict"].startswith(name + ": " + values[f"{key}_headline"])
+        for end in ("first", "last"):
+            assert values[f"{key}_{end}_effect_14"].endswith("]") and " points [" in values[f"{key}_{end}_effect_14"]
+            assert 0 <= values[f"{key}_{end}_full"] <= 1
+    assert values["topk_headline"].startswith("the mode appears")
+    assert values["global_first_effect_28"] == "+4.1 points [+2.2, +6.0]"  # the shipped run's figures
+    assert values["noise_drop"] == pytest.approx(0.924 - 0.867)
+    assert fa.headline("m: the mode appears along x at budget 28, not at 14. At budget 28, ...") == \
+        "the mode appears along x at budget 28, not at 14."
+
+
+def test_a_broken_study_is_named(tmp_path, shipped):
+    bad = json.loads(json.dumps(shipped))
+    del bad["modes"]["textual_noise"]["points"][1]["interval"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="bad.json.*textual_noise"):
+        fa.load_study(path)
+    path.write_text(json.dumps({"seed": 1}))
+    with pytest.raises(ValueError, match="not a failure-axes study"):
+        fa.load_study(path)
+
+
+def test_plot_mode_keeps_its_legends_off_the_curves(shipped):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = fa.study_frame(shipped)
+    for name in fa.MODES:
+        fig = fa.plot_mode(frame, name)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.axes) == 3
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            assert legend is not None and legend.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0
+            assert all("$" not in t.get_text() for t in ax.get_xticklabels())
+        assert "points" in fig.axes[1].get_ylabel()
+        plt.close(fig)
+    with pytest.raises(ValueError, match="no mode"):
+        fa.plot_mode(frame, "nothing")
+
+
+def test_long_run_gaps_pair_the_shipped_accuracy_run():
+    gaps = fa.long_run_gaps(budget=14)
+    assert list(gaps.index) == list(fa.MODES)
+    # chapter 04's ablations at 14 tokens: global -4.2, no entropy -1.5, Top-K -33.4 points against eadp
+    assert gaps.loc["global_guidance", "difference"] == pytest.approx(0.0425, abs=1e-3)
+    assert gaps.loc["textual_noise", "difference"] == pytest.approx(0.0155, abs=1e-3)
+    assert gaps.loc["topk_redundancy", "difference"] == pytest.approx(0.3345, abs=1e-3)
+    assert (gaps.low < gaps.difference).all() and (gaps.difference < gaps.high).all() and (gaps.n == 2000).all()
+    assert gaps.loc["topk_redundancy", "reached_ablation"] > gaps.loc["topk_redundancy", "reached_rule"]
