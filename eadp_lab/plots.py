@@ -22,6 +22,8 @@ __all__ = [
     "token_bars",
     "token_maps",
     "curves",
+    "legend_below",
+    "plain_log_axis",
     "accuracy_vs_budget",
     "spacing_panels",
     "type_gap_panels",
@@ -29,7 +31,8 @@ __all__ = [
 ]
 
 METHOD_ORDER = ["none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
-                "pool", "divprune", "cdpruner", "greedy", "dpp", "max-min"]
+                "pool", "divprune", "cdpruner", "greedy", "dpp", "max-min", "fastv", "pyramiddrop", "sparsevlm",
+                "visionzip", "dart", "hiprune"]
 PALETTE = "colorblind"
 
 
@@ -49,11 +52,12 @@ def set_style(context: str = "notebook") -> None:
 
 
 def method_colours(names) -> dict:
-    """A stable colour per method name across every figure of the book."""
+    """A stable colour per method name across every figure of the book (grey for a name not in
+    :data:`METHOD_ORDER`)."""
     import seaborn as sns
 
-    colours = sns.color_palette(PALETTE, len(METHOD_ORDER))
-    return {n: colours[METHOD_ORDER.index(n) % len(colours)] if n in METHOD_ORDER else colours[-1] for n in names}
+    colours = sns.color_palette(PALETTE) + sns.color_palette("dark")  # 20 distinct colours: past the first
+    return {n: colours[METHOD_ORDER.index(n) % len(colours)] if n in METHOD_ORDER else "0.3" for n in names}
 
 
 def _ax(ax, figsize=(3.2, 3.2)):
@@ -120,18 +124,32 @@ def kept_overlay(image, keep_mask, grid: tuple[int, int], ax=None, title: str | 
 
 
 def token_bars(tokens: list[str], values, kept=None, ax=None, ylabel: str = "spatial entropy (nats)",
-               title: str | None = None):
-    """One bar per text token (e.g. its spatial entropy), the tokens the filter kept in colour."""
+               title: str | None = None, floor: float = 0.015):
+    """One bar per text token (e.g. its spatial entropy), the tokens the filter kept in colour.
+
+    A value of (about) zero would draw no bar and hide its colour, yet a zero entropy is the most
+    peaked word of all: every bar is drawn at least ``floor`` of the axis height tall, and each
+    bar below that is labelled with its value ("0.00"), so a kept zero-entropy word shows both
+    its colour and its value. Non-finite values (masked positions) get no bar.
+    """
     import seaborn as sns
 
     ax = _ax(ax, figsize=(max(4.0, 0.45 * len(tokens)), 3.0))
-    v = _np(values)
+    v = _np(values).astype(float)
     finite = np.isfinite(v)
     kept_set = set(int(k) for k in _np(kept).ravel()) if kept is not None else set()
     base, hi = sns.color_palette(PALETTE)[7], sns.color_palette(PALETTE)[0]
     colours = [hi if i in kept_set else base for i in range(len(tokens))]
-    ax.bar(np.arange(len(tokens))[finite], v[finite], color=[c for c, f in zip(colours, finite) if f])
-    ax.set_xticks(np.arange(len(tokens)), tokens, rotation=60, ha="right")
+    top = float(np.max(np.abs(v[finite]))) if finite.any() else 1.0
+    least = floor * (top if top > 0 else 1.0)
+    small = finite & (np.abs(v) < least)
+    heights = np.where(small, least, v)
+    x = np.arange(len(tokens))
+    ax.bar(x[finite], heights[finite], color=[c for c, f in zip(colours, finite) if f])
+    for i in np.flatnonzero(small):
+        ax.annotate(f"{v[i]:.2f}", (x[i], least), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize="x-small", color=colours[i])
+    ax.set_xticks(x, tokens, rotation=60, ha="right")
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
@@ -163,9 +181,41 @@ def token_maps(maps, tokens: list[str], grid: tuple[int, int], image=None, colum
     return fig
 
 
+def legend_below(ax, ncol: int | None = None, handles=None, labels=None, **kwargs):
+    """The axes' legend under its tick labels and x label, outside the plotting area, so that it
+    covers no curve, bar or label (``tight_layout`` makes room for it); returns the legend
+    (remove it with ``ax.get_legend().remove()`` when a neighbouring panel carries the same one)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ncol = ncol or max(1, min(4, len(handles)))
+    fig = ax.figure
+    below = ax.xaxis.get_tightbbox(fig.canvas.get_renderer())  # tick labels and x label, in pixels
+    drop = (ax.get_window_extent().y0 - below.y0) / fig.dpi + 0.05 if below is not None else 0.4  # inches
+    options = {"frameon": False, "fontsize": "small", "loc": "upper center", "bbox_to_anchor": (0.5, 0.0),
+               "bbox_transform": ax.transAxes + ScaledTranslation(0, -drop, fig.dpi_scale_trans)}
+    options.update(kwargs)
+    return ax.legend(handles, labels, ncol=ncol, **options)
+
+
+def plain_log_axis(ax, ticks=None, base: float = 10):
+    """A logarithmic x axis labelled with plain numbers (16, 32, 64; not 2⁴, 2⁵, 2⁶): at ``ticks``
+    when given (e.g. the budgets measured), else at the powers of ``base``."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    ax.set_xscale("log", base=base)
+    if ticks is not None:
+        ax.set_xticks(sorted({float(t) for t in ticks}))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    return ax
+
+
 def curves(x, series: dict, ax=None, xlabel: str = "budget (tokens)", ylabel: str = "", title: str | None = None,
            logx: bool = False):
-    """Lines ``series[name] = y`` against ``x``, one colour per method name."""
+    """Lines ``series[name] = y`` against ``x``, one colour per method name, the legend under the
+    axes (:func:`legend_below`); ``logx``: a log axis labelled with plain numbers."""
     ax = _ax(ax, figsize=(5.0, 3.4))
     colours = method_colours(series)
     for name, y in series.items():
@@ -173,10 +223,10 @@ def curves(x, series: dict, ax=None, xlabel: str = "budget (tokens)", ylabel: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logx:
-        ax.set_xscale("log")
+        plain_log_axis(ax)
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize="small")
+    legend_below(ax)
     return ax
 
 
@@ -202,18 +252,19 @@ def accuracy_vs_budget(results: list[dict], ax=None, title: str | None = None, f
             ax.axhline(pts[0][1], color=colours[name], ls="--", lw=1, label="none (all tokens)")
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=name, color=colours[name])
-    ax.set_xscale("log", base=2)
+    plain_log_axis(ax, ticks=[b for name, pts in by_method.items() if name != "none" for b, _ in pts] or None, base=2)
     ax.set_xlabel("tokens kept per image" + (f" (of {full_tokens})" if full_tokens else ""))
     ax.set_ylabel(VALUE_LABELS.get(value, value))
     if title:
         ax.set_title(title)
-    ax.legend(frameon=False, fontsize="small", ncol=2)
+    legend_below(ax)
     return ax
 
 
 def accuracy_panels(results: list[dict], full_tokens: int | None = None, title: str | None = None):
     """Answers against budget and, when the rows carry it (lab questions), what was kept of the
-    named objects (``named_reached``), side by side with one legend; returns the figure."""
+    named objects (``named_reached``), side by side with one legend under both panels (outside
+    the axes: it covers no curve); returns the figure."""
     plt = _plt()
     selection = any(r.get("named_reached") is not None for r in results)
     fig, axes = plt.subplots(1, 2 if selection else 1, figsize=(12 if selection else 7.5, 4.2), squeeze=False)
@@ -222,6 +273,15 @@ def accuracy_panels(results: list[dict], full_tokens: int | None = None, title: 
     if selection:
         accuracy_vs_budget(results, ax=axes[0, 1], full_tokens=full_tokens, value="named_reached", title="what is kept")
         axes[0, 1].get_legend().remove()
+    if selection:  # one legend, centred under both panels
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        axes[0, 0].get_legend().remove()
+        fig.legend(handles, labels, loc="lower center", ncol=min(7, len(handles)), frameon=False, fontsize="small")
+        rows = math.ceil(len(handles) / 7)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout(rect=(0, (0.05 + 0.055 * rows) * 4.2 / fig.get_figheight(), 1, 1))
+        return fig
     if title:
         fig.suptitle(title)
     fig.tight_layout()

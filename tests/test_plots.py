@@ -27,6 +27,7 @@ def test_figures_draw():
     assert shown[0, 0, 0] == 200 and shown[-1, -1, 0] == 50  # dropped patches are darkened
     ax = plots.token_bars(["a", "b", "c"], torch.tensor([1.0, float("inf"), 0.5]), kept=[2])
     assert len(ax.patches) == 2  # the masked (inf) position has no bar
+    assert not ax.texts  # no bar needs a value label
     maps = torch.rand(3, 16)
     fig = plots.token_maps(maps, ["a", "b", "c"], (4, 4), columns=2)
     assert len(fig.axes) == 5  # 2 x 2 panels and one colour bar
@@ -39,6 +40,7 @@ def test_figures_draw():
     assert len(fig.axes) == 1  # no selection measure: answers only
     fig = plots.accuracy_panels([{**r, "named_reached": 0.5} for r in rows], full_tokens=256)
     assert len(fig.axes) == 2 and fig.axes[1].get_legend() is None
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1  # one legend for both panels, under them
     ax = plots.accuracy_vs_budget(rows, full_tokens=256)
     assert len(ax.lines) == 2
     rows[1]["named_reached"], rows[2]["named_reached"] = 0.75, 0.5  # "none" lacks it: not drawn
@@ -92,3 +94,39 @@ def test_replication_panel_puts_one_point_per_cell_at_its_two_gaps():
     assert ax.get_xlim() == (-3.5, 3.5) and ax.get_ylim() == (-3.5, 3.5)  # one square scale, largest gap + 0.5
     with pytest.raises(ValueError, match="same methods and budgets"):
         plots.replication_panel(first, second.drop(index="topk"))
+
+
+def _bbox(artist):
+    fig = artist.figure
+    fig.canvas.draw()
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_zero_entropy_bars_stay_visible_with_their_colour_and_value():
+    plots.set_style()
+    ax = plots.token_bars(["red", "star", "?", "the"], torch.tensor([0.5, 0.0, 0.0, 3.0]), kept=[1, 2])
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 4 and min(heights) > 0  # a zero is drawn as a short bar, not as nothing
+    assert heights[0] == 0.5 and heights[3] == 3.0  # other values are drawn as they are
+    kept_colour = ax.patches[1].get_facecolor()
+    assert ax.patches[2].get_facecolor() == kept_colour != ax.patches[0].get_facecolor()
+    assert [t.get_text() for t in ax.texts] == ["0.00", "0.00"]  # and labelled with its value
+
+
+def test_legends_sit_outside_the_axes_and_log_budgets_read_as_plain_numbers():
+    plots.set_style()
+    rows = [{"method": "none", "budget": 256, "accuracy": 0.9}] + [
+        {"method": m, "budget": b, "accuracy": a} for m in ("eadp", "topk", "random")
+        for b, a in ((14, 0.5), (28, 0.6), (64, 0.8))]
+    ax = plots.accuracy_vs_budget(rows, full_tokens=256)
+    ax.figure.tight_layout()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["14", "28", "64"]  # not 2^4 .. 2^6
+    assert _bbox(ax.get_legend()).y1 <= _bbox(ax).y0  # under the axes: it covers no curve
+    assert _bbox(ax.get_legend()).y1 <= _bbox(ax.xaxis.label).y0  # and under the x label
+    ax = plots.curves([1, 10, 100], {"eadp": [1, 2, 3], "topk": [1, 1, 1]}, logx=True)
+    ax.figure.canvas.draw()
+    assert {t.get_text() for t in ax.get_xticklabels()} >= {"1", "10", "100"}
+    assert _bbox(ax.get_legend()).y1 <= _bbox(ax).y0
+    fig = plots.accuracy_panels([{**r, "named_reached": 0.5} for r in rows], full_tokens=256)
+    legend = _bbox(fig.legends[0])
+    assert all(legend.y1 <= _bbox(a).y0 for a in fig.axes)
