@@ -14,7 +14,7 @@ spacing of the kept tokens (:func:`spacing_frame`, :func:`spacing_correlations`,
 from __future__ import annotations
 
 
-from .evaluation.results import _pruned_frames, _result_rows, per_type_frame, results_frame
+from .evaluation.results import _pruned_frames, _result_rows, per_type_frame, pool_runs, results_frame
 from .evaluation.scores import Z95, first_word, paired_difference, score_hits
 
 
@@ -128,37 +128,6 @@ def _best_sentence(a, b, names: tuple[str, str], runs: str = "runs") -> str:
             + ", ".join(f"{winners[0][k]} at {k} tokens" for k in winners[0].index) if not differ else
             f"The two {runs} pick different best methods at "
             + ", ".join(f"{k} tokens ({winners[0][k]} {names[0]}, {winners[1][k]} {names[1]})" for k in differ))
-
-
-def pool_runs(*reports) -> dict:
-    """Several runs of the same methods and budgets on different questions (two seeds, say) as one
-    report: per configuration, the runs' per-question ``hits`` joined in the order given and the
-    ``accuracy`` recomputed from them (``questions``: their total). Pooled runs pair up question by
-    question as the runs did, so :func:`positions_figures` of two pooled runs gives the intervals of
-    all their questions. Rows keep ``method``, ``budget``, ``accuracy``, ``questions`` and ``hits``;
-    the report keeps ``positions`` and ``sign`` where every run agrees.
-
-    ``ValueError`` for fewer than two runs, runs of different configurations, or a row without
-    ``hits`` (reports written before runs recorded them)."""
-    if len(reports) < 2:
-        raise ValueError(f"pooling needs at least two runs, got {len(reports)}")
-    keyed = [{(r["method"], int(r["budget"])): r for r in _result_rows(report)} for report in reports]
-    if any(set(rows) != set(keyed[0]) for rows in keyed[1:]):
-        raise ValueError("the runs to pool must cover the same methods and budgets")
-    pooled = []
-    for key in keyed[0]:
-        if not all(rows[key].get("hits") for rows in keyed):
-            raise ValueError(f"{key[0]} at {key[1]} tokens: every run must record per-question hits to be pooled")
-        hits = "".join(rows[key]["hits"] for rows in keyed)
-        scored = [h == "1" for h in hits if h != "-"]  # no question types here: score_hits counts them as "all"
-        pooled.append({"method": key[0], "budget": key[1], "questions": len(hits), "hits": hits,
-                       "accuracy": score_hits([None] * len(scored), scored)["accuracy"]})
-    report = {"results": pooled}
-    for field in ("positions", "sign"):
-        values = {r.get(field) if isinstance(r, dict) else None for r in reports}
-        if len(values) == 1 and None not in values:
-            report[field] = values.pop()
-    return report
 
 
 def replication_figures(first, second, tolerance: float = 0.02, permutations: int = 20_000) -> dict:

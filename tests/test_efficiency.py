@@ -299,3 +299,24 @@ def test_cli_a_failed_final_write_says_where_the_results_are(tmp_path, capsys, m
         assert json.loads(Path(fallback).read_text()) == FAKE_RESULT and not out.exists()
     finally:
         os.unlink(fallback)
+
+
+def test_rounds_merge_and_speed_ups_carry_their_spread():
+    """Interleaved rounds pool into one row; each speed-up is read with the spread of single calls
+    against the unpruned call of the same sample and round."""
+    def row(method, prefill, overhead=0.0):
+        return dict(method=method, budget=None, prefill_ms_all=prefill, generate_ms_all=[2 * t for t in prefill],
+                    overhead_ms_all=[overhead] * len(prefill), hook_forward_ms=overhead, peak_memory_mib=1.0,
+                    peak_memory_delta_mib=0.5, prefill_flops=100 if method == "none" else 40)
+
+    none = eff.merge_rounds([row("none", [10.0, 12.0]), row("none", [20.0, 11.0])])
+    pruned = eff.merge_rounds([row("pool", [5.0, 6.0], 1.0), row("pool", [10.0, 11.0], 1.0)])
+    assert none["prefill_ms_all"] == [10.0, 12.0, 20.0, 11.0] and none["prefill_ms"] == 11.5
+    assert pruned["prefill_ms"] == 8.0 and pruned["prefill_model_ms"] == 7.0 and pruned["generate_ms"] == 16.0
+    eff.add_ratios([none, pruned])
+    assert pruned["prefill_speedup"] == 11.5 / 8.0
+    assert pruned["prefill_speedup_low"] == 1.0 and pruned["prefill_speedup_high"] == 2.0  # 11/11 and 10/5, 12/6, 20/10
+    assert none["prefill_speedup_low"] == none["prefill_speedup_high"] == 1.0
+    assert "[1.00-2.00]" in eff._spread(pruned)
+    with pytest.raises(ValueError, match="no rounds"):
+        eff.merge_rounds([])

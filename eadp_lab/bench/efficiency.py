@@ -544,10 +544,18 @@ def measure_configuration(model, samples: list[dict], method: str, budget: int |
     return row
 
 
+def _paired_ratios(base: list[float], times: list[float]) -> list[float]:
+    """``base[i] / times[i]``: the speed-up of each timed call against the unpruned call made next to it
+    (the same sample in the same round, :func:`measure_all`)."""
+    return [b / t for b, t in zip(base, times) if t > 0]
+
+
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Add ``prefill_speedup``, ``prefill_model_speedup``, ``generate_speedup`` (``t_none / t``)
-    and ``flops_ratio`` (``FLOPs / FLOPs_none``) to every row, in place; ``ValueError`` naming
-    ``rows`` without a ``none`` row."""
+    """Add ``prefill_speedup``, ``prefill_model_speedup``, ``generate_speedup`` (``t_none / t`` of the
+    medians), ``prefill_speedup_low`` / ``_high`` (the smallest and largest speed-up of one timed call
+    against the unpruned call of the same sample and round: the spread a ratio is read with) and
+    ``flops_ratio`` (``FLOPs / FLOPs_none``) to every row, in place; ``ValueError`` naming ``rows``
+    without a ``none`` row."""
     base = next((r for r in rows if r["method"] == "none"), None)
     if base is None:
         raise ValueError("rows must hold a 'none' row (the unpruned baseline)")
@@ -556,7 +564,28 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         r["prefill_model_speedup"] = base["prefill_model_ms"] / r["prefill_model_ms"]
         r["generate_speedup"] = base["generate_ms"] / r["generate_ms"]
         r["flops_ratio"] = r["prefill_flops"] / base["prefill_flops"]
+        paired = _paired_ratios(base.get("prefill_ms_all", []), r.get("prefill_ms_all", []))
+        r["prefill_speedup_low"] = min(paired) if paired else float("nan")
+        r["prefill_speedup_high"] = max(paired) if paired else float("nan")
     return rows
+
+
+def merge_rounds(rows: list[dict]) -> dict:
+    """One configuration's rows of several interleaved rounds (:func:`measure_configuration`, one
+    timed call per sample each) as one row: the calls pooled in round order, every median recomputed
+    from them, the peak memory the largest of the rounds, the counts those of the first round."""
+    if not rows:
+        raise ValueError("no rounds to merge")
+    pooled = {k: [t for r in rows for t in r[k]] for k in ("prefill_ms_all", "generate_ms_all", "overhead_ms_all")}
+    med = statistics.median
+    out = dict(rows[0], **pooled)
+    out.update(prefill_ms=med(pooled["prefill_ms_all"]), overhead_ms=med(pooled["overhead_ms_all"]),
+               generate_ms=med(pooled["generate_ms_all"]),
+               hook_forward_ms=med([r["hook_forward_ms"] for r in rows]),
+               peak_memory_mib=max(r["peak_memory_mib"] for r in rows),
+               peak_memory_delta_mib=max(r["peak_memory_delta_mib"] for r in rows))
+    out["prefill_model_ms"] = out["prefill_ms"] - out["overhead_ms"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------- command
@@ -575,6 +604,11 @@ def measure_all(model, samples: list[dict], methods, budgets, *, repeats: int = 
     """``none`` once, then every method of ``methods`` at every budget: the rows of
     :func:`measure_configuration` (each with its ``method`` label), with :func:`add_ratios`.
 
+    The timed calls are interleaved: ``repeats`` rounds, each timing every configuration once per
+    sample (:func:`merge_rounds` pools them), so a slow spell of a shared machine falls on every
+    configuration alike and each speed-up has a spread (``prefill_speedup_low`` / ``_high``). The
+    ``warmup`` calls run in the first round only, untimed.
+
     ``settings_for(label) -> (registry method, settings)`` maps a label to what is attached
     (e.g. :meth:`eadp_lab.lab.Lab.settings`, for ablations such as ``eadp-topk``); without it a
     label is the registry name and the method's defaults are used.
@@ -582,17 +616,20 @@ def measure_all(model, samples: list[dict], methods, budgets, *, repeats: int = 
     from tqdm.auto import tqdm
 
     configs = [("none", None)] + [(m, b) for m in methods if m != "none" for b in budgets]
-    rows = []
-    bar = tqdm(configs, desc="efficiency", unit="config", disable=not progress, file=sys.stderr)
-    for label, budget in bar:
-        bar.set_postfix_str(label if budget is None else f"{label} @ {budget}")
-        method, kwargs = label, dict(attach_kwargs or {})
-        if settings_for is not None:
-            method, kwargs["settings"] = settings_for(label)
-        row = measure_configuration(model, samples, method, budget, repeats=repeats, warmup=warmup,
-                                    max_new_tokens=max_new_tokens, attach_kwargs=kwargs, memory=memory)
-        rows.append({**row, "method": label})
-    return add_ratios(rows)
+    rounds = {config: [] for config in configs}
+    bar = tqdm(total=len(configs) * repeats, desc="efficiency", unit="config", disable=not progress, file=sys.stderr)
+    for r in range(repeats):  # interleaved: every configuration once per round, so drift hits them alike
+        for label, budget in configs:
+            bar.set_postfix_str(f"round {r + 1}: " + (label if budget is None else f"{label} @ {budget}"))
+            method, kwargs = label, dict(attach_kwargs or {})
+            if settings_for is not None:
+                method, kwargs["settings"] = settings_for(label)
+            rounds[(label, budget)].append(measure_configuration(
+                model, samples, method, budget, repeats=1, warmup=warmup if r == 0 else 0,
+                max_new_tokens=max_new_tokens, attach_kwargs=kwargs, memory=memory))
+            bar.update()
+    bar.close()
+    return add_ratios([{**merge_rounds(rounds[config]), "method": config[0]} for config in configs])
 
 
 def check_arguments(methods, budgets, *, questions: int = 2, repeats: int = 5, warmup: int = 1,
@@ -688,19 +725,27 @@ def run(model: str = TINY_LLAVA, methods="none,eadp,pool", budgets="192,128,64",
     return dict(settings=settings, rows=rows)
 
 
+def _spread(row: dict) -> str:
+    """``[low-high]`` of a row's prefill speed-up (:func:`add_ratios`)."""
+    low, high = row.get("prefill_speedup_low", float("nan")), row.get("prefill_speedup_high", float("nan"))
+    return f"[{low:.2f}-{high:.2f}]"
+
+
 def format_table(result: dict) -> str:
     """The rows of :func:`run` side by side, with the ratios against ``none``."""
     s, rows = result["settings"], result["rows"]
     lines = [
         f"model {s['model']} ({s['model_class']}, {s['inputs']} inputs), {s['dtype']} on {s['device']}, "
         f"{s['torch_threads']} threads; samples {s['questions']} x repeats {s['repeats']} after "
-        f"{s['warmup']} warm-up call(s) each; generate decodes {s['max_new_tokens']} tokens; scoring={s['scoring']}",
+        f"{s['warmup']} warm-up call(s) each, interleaved in rounds; generate decodes {s['max_new_tokens']} tokens; scoring={s['scoring']}",
         f"times: medians; overhead = pruner.last.seconds (scoring + selection), model = prefill - overhead; "
-        f"speed-up and FLOPs ratio against none",
+        f"speed-up and FLOPs ratio against none; [low-high]: the prefill speed-up of single calls against "
+        f"the unpruned call of the same sample and round (a spread that covers 1 is no measurable difference)",
         f"memory: {s['memory_source']}; full: decoder layers that see every visual token (methods inside the LM)",
         f"FLOPs: {s['flops_convention']}",
     ]
     header = (f"{'method':<11} {'budget':>6} {'visual':>6} {'seq':>5} {'full':>4} | {'prefill ms':>10} {'speed-up':>8} "
+              f"{'[low-high]':>12} "
               f"{'model ms':>9} {'overhead ms':>11} | {'generate ms':>11} {'speed-up':>8} | {'GFLOPs':>8} "
               f"{'ratio':>6} | {'KV MiB':>7} {'analytic':>8} | {'peak MiB':>8} {'+delta':>7}")
     lines += [header, "-" * len(header)]
@@ -711,7 +756,7 @@ def format_table(result: dict) -> str:
         lines.append(
             f"{r['method']:<11} {budget:>6} {visual:>6} {seq:>5} {r.get('full_layers', 0):>4g} | "
             f"{r['prefill_ms']:>10.2f} "
-            f"{r['prefill_speedup']:>7.2f}x {r['prefill_model_ms']:>9.2f} {r['overhead_ms']:>11.2f} | "
+            f"{r['prefill_speedup']:>7.2f}x {_spread(r):>12} {r['prefill_model_ms']:>9.2f} {r['overhead_ms']:>11.2f} | "
             f"{r['generate_ms']:>11.2f} {r['generate_speedup']:>7.2f}x | {r['prefill_gflops']:>8.3f} "
             f"{r['flops_ratio']:>6.3f} | {r['kv_cache_mib']:>7.3f} {r['kv_cache_analytic_mib']:>8.3f} | "
             f"{r['peak_memory_mib']:>8.1f} {r['peak_memory_delta_mib']:>7.1f}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..paths import RESULTS, ROOT
 from .loading import LAB_LLAVA
-from .scores import Z95, blind_baseline, max_standard_error, paired_difference
+from .scores import Z95, blind_baseline, max_standard_error, paired_difference, score_hits
 
 
 def _result_rows(results) -> list[dict]:
@@ -65,6 +65,37 @@ def results_for(model, pattern: str = "accuracy-*.json",
         report = load_results(path)
         (matching.append((path, report)) if _model_key(report.get("model")) == key else other.append(path))
     return matching, other
+
+
+def pool_runs(*reports) -> dict:
+    """Several runs of the same methods and budgets on different questions (two seeds, say) as one
+    report: per configuration, the runs' per-question ``hits`` joined in the order given and the
+    ``accuracy`` recomputed from them (``questions``: their total). Pooled runs pair up question by
+    question as the runs did, so :func:`positions_figures` of two pooled runs gives the intervals of
+    all their questions. Rows keep ``method``, ``budget``, ``accuracy``, ``questions`` and ``hits``;
+    the report keeps ``positions`` and ``sign`` where every run agrees.
+
+    ``ValueError`` for fewer than two runs, runs of different configurations, or a row without
+    ``hits`` (reports written before runs recorded them)."""
+    if len(reports) < 2:
+        raise ValueError(f"pooling needs at least two runs, got {len(reports)}")
+    keyed = [{(r["method"], int(r["budget"])): r for r in _result_rows(report)} for report in reports]
+    if any(set(rows) != set(keyed[0]) for rows in keyed[1:]):
+        raise ValueError("the runs to pool must cover the same methods and budgets")
+    pooled = []
+    for key in keyed[0]:
+        if not all(rows[key].get("hits") for rows in keyed):
+            raise ValueError(f"{key[0]} at {key[1]} tokens: every run must record per-question hits to be pooled")
+        hits = "".join(rows[key]["hits"] for rows in keyed)
+        scored = [h == "1" for h in hits if h != "-"]  # no question types here: score_hits counts them as "all"
+        pooled.append({"method": key[0], "budget": key[1], "questions": len(hits), "hits": hits,
+                       "accuracy": score_hits([None] * len(scored), scored)["accuracy"]})
+    report = {"results": pooled}
+    for field in ("positions", "sign"):
+        values = {r.get(field) if isinstance(r, dict) else None for r in reports}
+        if len(values) == 1 and None not in values:
+            report[field] = values.pop()
+    return report
 
 
 def results_frame(results, value: str = "accuracy"):

@@ -41,11 +41,10 @@ ABLATIONS = {
     "eadp-noentropy": ("eadp", {"entropy_keep_ratio": 1.0, "aggregation": "mean"}),
     "eadp-topk": ("eadp", {"selection": "topk"}),
 }
-DEFAULT_METHODS = ("none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
-                   "pool", "divprune", "cdpruner")
 # The field's other methods, beside EADP's baselines: in the vision encoder and inside the language model.
-# The bench runs them when named (--methods); they join DEFAULT_METHODS when the long runs include them.
 FIELD_METHODS = ("visionzip", "hiprune", "fastv", "pyramiddrop", "dart", "sparsevlm")
+DEFAULT_METHODS = ("none", "eadp", "eadp-global", "eadp-noentropy", "eadp-topk", "topk", "topk_dense", "random",
+                   "pool", "divprune", "cdpruner") + FIELD_METHODS
 
 # The baselines on videos: one selection (DivPrune) and one min-max (CDPruner) per frame. On images
 # their settings' own defaults apply: the published rule over an image's (AnyRes) crops.
