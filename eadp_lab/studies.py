@@ -173,7 +173,10 @@ class EntropyStudy:
     (``recall``, ``reached``, ...) per ``sign``, ``rho``, ``aggregation`` and text ``positions``
     (``"content (paper)"`` or ``"all (published)"``); ``mask``: per record and sign, the
     ``group`` of each position the published mask's filter keeps; ``top_weight``: per record,
-    the largest weight the entropy filter gives one word (the preset's input).
+    the largest weight the entropy filter gives one word (the preset's input); ``weights``: per
+    record and keep ratio ``rho`` (the preset's sign and input), the ``kept words``, the ``top
+    weight`` of ``negative_entropy``'s ``softmax(-H / mu)`` and the ``effective words``
+    ``1 / sum(w^2)`` (1: one word carries the score; k: k words share it equally).
     """
 
     entropy: pd.DataFrame
@@ -182,6 +185,27 @@ class EntropyStudy:
     kept: pd.DataFrame
     mask: pd.DataFrame
     top_weight: list
+    weights: pd.DataFrame | None = None
+
+    def rho_effect(self, aggregation: str, sign: float) -> dict:
+        """What the keep ratio does to EADP's kept tokens under one ``aggregation`` (paper mask).
+
+        Returns ``{"recall": Series (mean object recall per rho), "span": largest minus smallest
+        mean recall, "low_rho", "high_rho": the keep ratios of the smallest and largest mean recall,
+        "gap": paired_gap of the recall at ``high_rho`` against ``low_rho`` (its 95% interval),
+        "changed": questions whose recall differs between any two keep ratios, "n": questions}``.
+        """
+        rows = self.kept[(self.kept.positions == "content (paper)") & (self.kept.sign == sign)
+                         & (self.kept.aggregation == aggregation)]
+        if rows.empty:
+            raise ValueError(f"no kept sets for aggregation {aggregation!r} at sign {sign:+g}")
+        wide = rows.pivot_table(index="record", columns="rho", values="recall")
+        recall = wide.mean()
+        low, high = float(recall.idxmin()), float(recall.idxmax())
+        labelled = rows.assign(rho=rows.rho.map("{:g}".format))
+        gap = paired_gap(labelled, "rho", "recall", f"{high:g}", f"{low:g}")
+        return {"recall": recall, "span": float(recall.max() - recall.min()), "low_rho": low, "high_rho": high,
+                "gap": gap, "changed": int((wide.max(axis=1) > wide.min(axis=1)).sum()), "n": len(wide)}
 
 
 def entropy_study(lab, records: Sequence, config, temperatures: Sequence[float], keep_ratios: Sequence[float],
@@ -204,7 +228,7 @@ def entropy_study(lab, records: Sequence, config, temperatures: Sequence[float],
         raise ValueError(f"the preset's tau {tau:g} and rho {rho:g} must be among temperatures {list(temperatures)} "
                          f"and keep_ratios {list(keep_ratios)}")
     published = gd.scorer_with_positions(lab, "all")
-    entropy_rows, point_rows, filter_rows, kept_rows, mask_rows, top_weight = [], [], [], [], [], []
+    entropy_rows, point_rows, filter_rows, kept_rows, mask_rows, top_weight, weight_rows = [], [], [], [], [], [], []
     for i, r in enumerate(_progress(records, "questions", progress)):
         inputs = lab.prune_inputs(r.image, r.question.text)
         text_all = published.text(r.question.text)
@@ -231,6 +255,11 @@ def entropy_study(lab, records: Sequence, config, temperatures: Sequence[float],
             kept = gd.filtered_words(padded, config.replace(similarity_sign=s, text_positions="all"))["kept"]
             mask_rows += [{"record": i, "sign": s, "group": groups[l]} for l in torch.nonzero(kept).flatten().tolist()]
         top_weight.append(float(gd.filtered_words(inputs, config)["weight"].max()))
+        for q in keep_ratios:
+            w = gd.filtered_words(inputs, config.replace(entropy_keep_ratio=q))
+            weight = w["weight"][w["kept"]]
+            weight_rows.append({"record": i, "rho": q, "kept words": int(w["kept"].sum()),
+                                "top weight": float(weight.max()), "effective words": float(1 / (weight ** 2).sum())})
         named = gd.named_objects(r.question)
         if not named:
             continue
@@ -249,7 +278,7 @@ def entropy_study(lab, records: Sequence, config, temperatures: Sequence[float],
                            "positions": "all (published)"}
                           for row in gd.compare_kept(padded, masks, named, variant, budget)]
     return EntropyStudy(pd.DataFrame(entropy_rows), pd.DataFrame(point_rows), pd.DataFrame(filter_rows),
-                        pd.DataFrame(kept_rows), pd.DataFrame(mask_rows), top_weight)
+                        pd.DataFrame(kept_rows), pd.DataFrame(mask_rows), top_weight, pd.DataFrame(weight_rows))
 
 
 def video_study(lab, clips: Sequence, rules: dict, budgets: Sequence[int], frame_budget: int | None = None,
