@@ -29,30 +29,69 @@ __all__ = ["PruneInputs", "PruneResult", "Method", "METHODS", "register", "prune
 
 
 @dataclass
+class WindowedStates:
+    """One Qwen2.5-VL image as its windowed ViT saw it (for HiPrune's Qwen variant).
+
+    The ViT's blocks run on the patches of a whole call laid end to end in *window order* (each
+    window's patches together; every ``merge_unit`` consecutive patches make one merged token);
+    these are the image's own ``S_i`` patches, a contiguous stretch of that order.
+
+    Attributes:
+        cu_seqlens: ``{block: (w + 1,) long}`` the block's attention chunks (windows, or frames in a
+            full-attention block) in the image's patches, ``[0, ..., S_i]``.
+        position_embeddings: ``(cos, sin)``, each ``(S_i, Dh)``, the blocks' rotary embeddings.
+        window_index: ``(S_i / merge_unit,)`` long, the merged token (raster index within the image) at
+            each position of the window order.
+        grid_thw: ``(t, h, w)`` the image's patches; merged grid ``(h / m, w / m)``.
+        merge_unit: patches per merged token (``spatial_merge_size ** 2``).
+        total_patches: ``S`` of the whole ViT call (the published score averages over all its query rows).
+    """
+
+    cu_seqlens: dict
+    position_embeddings: tuple
+    window_index: torch.Tensor
+    grid_thw: tuple[int, int, int]
+    merge_unit: int = 4
+    total_patches: int = 0
+
+
+@dataclass
 class VisionStates:
     """A row batch's vision encoder, for the methods that read its attention (``stage="vision"``).
 
     Attributes:
         inputs: ``{layer: (R, S, C)}`` the input of each encoder layer a method needs (0-based), as the
-            model computed them; ``S = 1 + N`` with a [CLS] token at 0 when ``cls``.
-        output: ``(R, S, C)`` the states the model reads (its ``vision_feature_layer``, before [CLS] is cut).
+            model computed them; ``S = 1 + P`` with a [CLS] token at 0 when ``cls``, ``P`` the patches of
+            one view (crop). Qwen2.5-VL (``windows``): ``{block: (S_i, C)}``, the image's patches in window
+            order.
+        output: ``(R, S, C)`` the states the model reads (its ``vision_feature_layer``, before [CLS] is cut);
+            ``None`` on Qwen2.5-VL.
         layers: the encoder's layer modules (their count is the encoder's depth).
         project: maps vision states ``(R, T, C)`` to what the language model receives ``(R, T, D)``.
         feature_layer: the ``hidden_states`` index the model reads (LLaVA's ``vision_feature_layer``, -2).
         cls: whether position 0 of every state is a [CLS] token.
+        patches: per row, ``(N_r,)`` long: the view's patch (``0..P-1``, [CLS] excluded) behind each of the
+            row's tokens, in the row's order; ``None``: row ``r``'s tokens are its view's ``P`` patches in
+            order (LLaVA-1.5). AnyRes tiles cut by unpadding keep only some of their view's patches.
+        windows: :class:`WindowedStates` of a Qwen2.5-VL image, else ``None``.
     """
 
     inputs: dict
-    output: torch.Tensor
+    output: torch.Tensor | None
     layers: Any
-    project: Callable
+    project: Callable | None
     feature_layer: int = -2
     cls: bool = True
+    patches: list | None = None
+    windows: WindowedStates | None = None
 
     def rows(self, rows: slice) -> "VisionStates":
-        """The states of some rows."""
+        """The states of some rows (a Qwen2.5-VL image is one unit: itself)."""
+        if self.windows is not None:
+            return self
         return dataclasses.replace(self, inputs={k: v[rows] for k, v in self.inputs.items()},
-                                   output=self.output[rows])
+                                   output=None if self.output is None else self.output[rows],
+                                   patches=None if self.patches is None else self.patches[rows])
 
     @property
     def depth(self) -> int:
@@ -67,6 +106,12 @@ class VisionStates:
         if layer not in self.inputs:
             raise ValueError(f"{method} needs the input of vision layer {layer}, which was not recorded")
         return self.inputs[layer]
+
+    def row_patches(self, num_tokens: int) -> list[torch.Tensor]:
+        """Per row, ``(N_r,)`` long: the view patch behind each row token (``patches``, or ``0..num_tokens-1``)."""
+        if self.patches is not None:
+            return list(self.patches)
+        return [torch.arange(num_tokens)] * self.output.shape[0]
 
 
 def read_layer(depth: int, feature_layer: int) -> int:
@@ -163,12 +208,13 @@ class PruneInputs:
         """``(R, N, C)``: ``image_embeds``, or ``features`` when scoring in LLM space."""
         return self.features if self.image_embeds is None else self.image_embeds
 
-    def require_vision(self, method: str) -> VisionStates:
-        """The vision encoder's states; ``ValueError`` naming ``method`` if they are missing or have no [CLS]."""
+    def require_vision(self, method: str, cls: bool = True) -> VisionStates:
+        """The vision encoder's states; ``ValueError`` naming ``method`` if they are missing, or have no [CLS]
+        when ``cls``."""
         if self.vision is None:
             raise ValueError(f"{method} reads the vision encoder's attention: attach it to a model "
                              "(eadp_lab.attach), or give PruneInputs.vision")
-        if not self.vision.cls:
+        if cls and not self.vision.cls:
             raise ValueError(f"{method} needs a [CLS] token, which this vision encoder does not have")
         return self.vision
 
@@ -377,6 +423,11 @@ class Method:
     inside the language model between decoder layers (``run(settings, budget, depth)`` returns an
     :class:`eadp_lab.models.decoder.DecoderPlan` that :func:`eadp_lab.attach` runs; :func:`prune`
     cannot run it on features alone).
+
+    ``keeps_original_positions`` says whether every token the method feeds the language model stands
+    at one original position of the image (a selection, or ``pool``'s cells at their centre token);
+    ``False`` for a method whose merged tokens stand for no single position (VisionZip's, placed
+    first): :func:`eadp_lab.attach` then refuses ``positions="original"``.
     """
 
     name: str
@@ -385,13 +436,16 @@ class Method:
     text_guided: bool
     reference: str
     stage: str = "projector"
+    keeps_original_positions: bool = True
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, settings: type, text_guided: bool, reference: str, stage: str = "projector"):
-    """Decorator: register ``run`` under ``name`` (see :class:`Method` for what ``run`` is at each ``stage``).
+def register(name: str, settings: type, text_guided: bool, reference: str, stage: str = "projector",
+             keeps_original_positions: bool = True):
+    """Decorator: register ``run`` under ``name`` (see :class:`Method` for what ``run`` is at each ``stage``
+    and what ``keeps_original_positions`` means).
 
     A ``"projector"`` or ``"vision"`` ``run`` sees one image at a time (its crops or frames as rows);
     :func:`prune` batches.
@@ -399,7 +453,7 @@ def register(name: str, settings: type, text_guided: bool, reference: str, stage
     check_choice("stage", stage, STAGES)
 
     def wrap(run):
-        METHODS[name] = Method(name, run, settings, text_guided, reference, stage)
+        METHODS[name] = Method(name, run, settings, text_guided, reference, stage, keeps_original_positions)
         return run
 
     return wrap

@@ -65,12 +65,12 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_int, check_ndim, check_real
+from .._checks import check_choice, check_int, check_ndim, check_real
 from ._layers import scaled_layer as _scaled_layer
 
 __all__ = ["HiPruneSettings", "HiPruneQwenSettings", "HiPruneSelection", "QwenSelection", "scaled_layer",
            "attention_received", "anchor_count", "hiprune_select", "qwen_merged_scores", "qwen_window_index",
-           "qwen_anchor_count", "hiprune_qwen_select", "hiprune_qwen", "PUBLISHED_DEEP_LAYER"]
+           "qwen_anchor_count", "hiprune_qwen_select", "hiprune_qwen", "PUBLISHED_DEEP_LAYER", "QWEN_SCORE_ORDERS"]
 
 PUBLISHED_DEEP_LAYER = -2  # LLaVA's mm_vision_select_layer: the deep map is attentions[-2]
 
@@ -113,20 +113,44 @@ class HiPruneSettings:
         return shallow, deep
 
 
+QWEN_SCORE_ORDERS = ("raster", "window")  # corrected (the standalone HiPrune repository), published EADP copy
+
+
 @dataclass(frozen=True)
-class HiPruneQwenSettings:
+class HiPruneQwenSettings(HiPruneSettings):
     """HiPrune's settings on Qwen2.5-VL (the EADP authors' evaluation config): anchors
     ``round(T * alpha / 5)`` (none when it rounds to 0), shallow map of block ``object_layer``
-    (1-based), deep map of the last block of a ``published_depth``-block ViT."""
+    (1-based), deep map of the last block of a ``published_depth``-block ViT.
+
+    ``score_order`` is the order the merged tokens' scores are used in:
+
+    - ``"raster"`` (default, the corrected mode): the scores are put back in raster order
+      (``window_index`` undone) before anchors, buffers and the deep fill, so token ``j``'s score
+      is token ``j``'s and the ``+-1`` / ``+-width`` buffers are its spatial neighbours. This is
+      what the method describes and what the HiPrune authors' own repository does
+      (``reverse_indices``); the default because the published order attaches the scores to the
+      wrong tokens on every image larger than one window.
+    - ``"window"`` (published-compatible): the scores stay in window order, as the EADP copy
+      (``Qwen_vl/model/vision_hiprune.py``) leaves them, and index the raster tokens: the EADP
+      paper's HiPrune numbers on Qwen2.5-VL were made this way (the reference vectors of
+      ``tests/reference-methods/hiprune_qwen_*`` check it).
+
+    A subclass of :class:`HiPruneSettings`, so the registry's ``hiprune`` takes it; only
+    Qwen2.5-VL runs it (and it runs only it).
+    """
 
     alpha: float = 0.5
     object_layer: int = 4  # 1-based: block object_layer - 1
     published_depth: int = 32  # Qwen2.5-VL's ViT blocks
+    score_order: str = "raster"
 
     def __post_init__(self):
-        check_real("alpha", self.alpha, minimum=0.0)
-        check_int("published_depth", self.published_depth, minimum=2)
-        check_int("object_layer", self.object_layer, minimum=1, maximum=self.published_depth)
+        super().__post_init__()
+        check_choice("score_order", self.score_order, QWEN_SCORE_ORDERS)
+
+    def anchors(self, budget: int) -> int:
+        """Anchors of an image of budget ``budget``: ``round(budget * alpha / 5)``, may be 0."""
+        return qwen_anchor_count(budget, self.alpha)
 
     def layers(self, depth: int) -> tuple[int, int]:
         """``(shallow, deep)`` 0-based block indices of a ``depth``-block ViT: the scaled object layer
@@ -188,7 +212,7 @@ def _ascending(mask: torch.Tensor) -> torch.Tensor:
 
 
 def hiprune_select(attn_shallow: torch.Tensor, attn_deep: torch.Tensor, budget: int, alpha: float = 0.1,
-                   grid_side: int | None = None) -> HiPruneSelection:
+                   grid_side: int | None = None, valid: torch.Tensor | None = None) -> HiPruneSelection:
     """HiPrune's selection on LLaVA, exactly as the EADP authors' ``encode_images`` (vectorised over rows).
 
     Args:
@@ -197,6 +221,11 @@ def hiprune_select(attn_shallow: torch.Tensor, attn_deep: torch.Tensor, budget: 
         budget: ``T`` patches per row (every row, e.g. every AnyRes crop, gets all ``T``).
         alpha: anchors are ``max(1, round(T * alpha / 5))``.
         grid_side: the buffers' vertical step (patches per grid row); ``None``: ``sqrt(N)`` of a square grid.
+        valid: ``(B, N)`` bool, the patches that can be kept (an AnyRes tile cut by unpadding keeps only
+            some of its view's patches); ``None``: all (the published code). Anchors are the top valid
+            shallow scores, buffers on invalid patches are dropped, the deep fill takes valid patches
+            only; a row keeps ``min(T, valid)`` patches (more only when its anchors and buffers exceed
+            ``T``). With every patch valid it is the published selection.
     Returns:
         :class:`HiPruneSelection`.
     """
@@ -215,15 +244,26 @@ def hiprune_select(attn_shallow: torch.Tensor, attn_deep: torch.Tensor, budget: 
     grid_side = check_int("grid_side", grid_side, minimum=1)
     device = shallow.device
 
-    anchors = shallow.topk(min(anchor_count(budget, alpha), N), dim=1).indices  # (B, k), topk order
+    if valid is not None:
+        if tuple(valid.shape) != (B, N):
+            raise ValueError(f"valid must have shape (B, N) = ({B}, {N}), got {tuple(valid.shape)}")
+        valid = valid.to(device=device, dtype=torch.bool)
+    ranked_shallow = shallow if valid is None else shallow.float().masked_fill(~valid, -math.inf)
+    anchors = ranked_shallow.topk(min(anchor_count(budget, alpha), N), dim=1).indices  # (B, k), topk order
     shallow_mask = torch.zeros(B, N, dtype=torch.bool, device=device)
     shallow_mask.scatter_(1, _buffered(anchors, grid_side, N), True)
+    if valid is not None:
+        shallow_mask &= valid  # a buffer with no token (cut by unpadding) is not kept
 
     deep_needed = (budget - shallow_mask.sum(1)).clamp(min=0)  # (B,) per row
+    deep_score = deep - shallow_mask.int()
+    if valid is not None:
+        deep_needed = torch.minimum(deep_needed, (valid & ~shallow_mask).sum(1))
+        deep_score = deep_score.float().masked_fill(~valid, -math.inf)
     index_mask = shallow_mask.clone()
     k = min(int(deep_needed.max()), N) if B else 0
     if k > 0:
-        ranked = (deep - shallow_mask.int()).topk(k, dim=1).indices  # (B, k)
+        ranked = deep_score.topk(k, dim=1).indices  # (B, k)
         take = torch.arange(k, device=device) < deep_needed[:, None]
         index_mask.scatter_(1, ranked, take | index_mask.gather(1, ranked))
     return HiPruneSelection(index_mask, _ascending(index_mask), shallow_mask, anchors, shallow, deep)

@@ -92,9 +92,57 @@ def _settings_by_modality(method, family, settings, overrides, sign=None) -> dic
         if (family, modality) not in DEFAULT_PRESETS:
             continue  # a modality the family never feeds
         given = settings.get(modality) if isinstance(settings, dict) else settings
-        chosen = default_settings(method, family, modality, sign) if given is None else given
-        out[modality] = resolve_settings(method, chosen, overrides)
+        chosen = _default_settings(method, family, modality, sign) if given is None else given
+        out[modality] = _checked_for_family(method, family, resolve_settings(method, chosen, overrides))
     return out
+
+
+def _default_settings(method, family, modality, sign):
+    """:func:`~eadp_lab.methods.settings.default_settings`, except HiPrune on Qwen2.5-VL: its published Qwen
+    variant's settings (:class:`~eadp_lab.methods.hiprune.HiPruneQwenSettings`)."""
+    if method == "hiprune" and family == "qwen2_5_vl":
+        from ..methods.hiprune import HiPruneQwenSettings
+
+        return HiPruneQwenSettings()
+    return default_settings(method, family, modality, sign)
+
+
+def _checked_for_family(method, family, settings):
+    """``settings``, or ``ValueError`` when HiPrune's variant does not match the model's vision encoder."""
+    if method == "hiprune":
+        from ..methods.hiprune import HiPruneQwenSettings
+
+        qwen = isinstance(settings, HiPruneQwenSettings)
+        if qwen and family != "qwen2_5_vl":
+            raise ValueError("hiprune: HiPruneQwenSettings are the Qwen2.5-VL variant's; a CLIP vision encoder "
+                             "runs the LLaVA variant: give HiPruneSettings")
+        if family == "qwen2_5_vl" and not qwen:
+            raise ValueError("hiprune on Qwen2_5_VLForConditionalGeneration runs its published Qwen variant: give "
+                             "HiPruneQwenSettings (alpha 0.5, object_layer 4 of 32 blocks, score_order), not "
+                             "HiPruneSettings")
+    return settings
+
+
+# The vision-encoder methods' classes: (method, family) -> why it does not apply (the model class is named
+# with it). VisionZip ranks by the [CLS] token's attention and feeds [CLS]; HiPrune's LLaVA variant drops
+# the [CLS] column of the attention, and the EADP authors' SigLIP variant (LLaVA-Video) scores
+# post-projector features, not the encoder's attention: neither is HiPrune on a [CLS]-free SigLIP.
+VISION_REFUSALS = {
+    ("visionzip", "qwen2_5_vl"): "its vision encoder (Qwen2.5-VL's windowed ViT) has no [CLS] token, whose "
+                                 "attention VisionZip ranks by (the EADP paper also leaves it out on Qwen2.5-VL)",
+    ("visionzip", "llava_onevision"): "its vision encoder (SigLIP) has no [CLS] token, whose attention VisionZip "
+                                      "ranks by",
+    ("hiprune", "llava_onevision"): "its vision encoder (SigLIP) has no [CLS] token; HiPrune's published LLaVA "
+                                    "code drops the [CLS] column of the attention, and its published variants "
+                                    "cover CLIP towers and Qwen2.5-VL's ViT only",
+}
+
+
+def check_vision_method(method: str, model, family: str) -> None:
+    """``ValueError`` naming ``method`` and the model's class when a vision-encoder method does not apply."""
+    why = VISION_REFUSALS.get((method, family))
+    if why is not None:
+        raise ValueError(f"{method} cannot prune {type(model).__name__}: {why}")
 
 
 def attached(model) -> "Pruner | None":
@@ -168,9 +216,11 @@ class Pruner:
             self.sign = None
         self._settings = _settings_by_modality(method, self.family, settings, overrides, self.sign)
         self.stage = METHODS[method].stage
-        if self.stage == "vision" and positions == "original" and METHODS[method].name == "visionzip":
-            raise ValueError("visionzip feeds merged tokens that have no original positions: use "
+        if positions == "original" and not METHODS[method].keeps_original_positions:
+            raise ValueError(f"{method} feeds merged tokens that have no original positions: use "
                              "positions='renumber' (its published setting)")
+        if self.stage == "vision":
+            check_vision_method(method, model, self.family)
         if self.stage == "llm":  # the plan is checked against the model's depth here, not at the first call
             from .decoder import DecoderPruner, language_model
 
@@ -181,7 +231,8 @@ class Pruner:
         self.history: list[CallRecord] = []
         self._previous_prompt = None
         self._captured: dict = {}
-        self._vision_inputs: dict = {}
+        self._vision_inputs: dict = {}  # the layer inputs of the tower call under way
+        self._vision_recorded: dict = {}  # per modality: those of its last call
         self._state = None
         self._install()
 
@@ -204,12 +255,12 @@ class Pruner:
 
                 self.decoder = DecoderPruner(self.model, self._plan)
                 self._finish = self.inner.register_forward_hook(self._finish_llm)
-            if self.stage == "vision" and self.family == "llava":  # record the inputs of the layers it reads
+            if self.stage == "vision":  # record the inputs of the layers it reads
                 from ..methods.in_vision import vision_layers
 
                 layers = self._encoder_layers()
-                needed = vision_layers(self.method, next(iter(self._settings.values())), len(layers),
-                                       self.model.config.vision_feature_layer)
+                feature_layer = None if self.is_qwen else self.model.config.vision_feature_layer
+                needed = vision_layers(self.method, self._settings["image"], len(layers), feature_layer)
                 self._vision_hooks = [layers[i].register_forward_pre_hook(self._record_vision_inputs(i),
                                                                           with_kwargs=True) for i in needed]
             self._handle = self.inner.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -230,7 +281,7 @@ class Pruner:
             finish.remove()
         for hook in self._vision_hooks:
             hook.remove()
-        self._vision_hooks, self._vision_inputs = [], {}
+        self._vision_hooks, self._vision_inputs, self._vision_recorded = [], {}, {}
         for name, previous in self._wrapped.items():
             if previous is _CLASS_METHOD:
                 delattr(self.inner, name)  # the class's own method shows through again
@@ -250,10 +301,12 @@ class Pruner:
     def _capturing(self, modality, original):
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
+            self._vision_inputs = {}
             out = original(*args, **kwargs)
             bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
             bound.pop("kwargs", None)
             self._captured[modality] = (bound, out)
+            self._vision_recorded[modality], self._vision_inputs = self._vision_inputs, {}  # this call's layers
             return out
 
         return wrapper
@@ -337,25 +390,76 @@ class Pruner:
         return prune(self.method, inputs, self._budget(layout), settings)  # overrides applied when attaching
 
     def _vision_states(self, modality, index, layout):
-        """The vision encoder's states of one item, for the methods that read its attention (LLaVA-1.5 images)."""
-        from ..methods.base import VisionStates
-
+        """The vision encoder's states of one image, for the methods that read its attention: its CLIP
+        views (LLaVA-1.5, and the AnyRes views of LLaVA-NeXT and NeXT-Video, one per row), or its
+        windowed ViT pass (Qwen2.5-VL)."""
         name = self.method
-        if self.family != "llava" or modality != "image":
-            cls_free = self.family in ("qwen2_5_vl", "llava_onevision")
-            why = ("its vision encoder has no [CLS] token" if cls_free and name == "visionzip" else
-                   "it is implemented here for LLaVA-1.5 images (one CLIP view per image)")
-            raise ValueError(f"{name} cannot prune this {type(self.model).__name__} {modality}: {why}")
+        if modality != "image":
+            raise ValueError(f"{name} cannot prune this {type(self.model).__name__} {modality}: it prunes images "
+                             "(the published code covers images; video frames are not pruned in the vision encoder "
+                             "here)")
+        check_vision_method(name, self.model, self.family)
+        recorded = self._vision_recorded.get(modality) or {}
         captured = self._captured.get(modality)
-        states = getattr(captured[1], "hidden_states", None) if captured is not None else None
-        feature_layer = self.model.config.vision_feature_layer
-        if states is None or states[feature_layer] is None or not self._vision_inputs:
+        if captured is None or not recorded:
             raise ValueError(f"{name}: the vision tower's states were not recorded")
-        return VisionStates({k: v[index:index + 1] for k, v in self._vision_inputs.items()},
-                            states[feature_layer][index:index + 1], self._encoder_layers(),
-                            self.inner.multi_modal_projector, feature_layer, cls=True)
+        if self.is_qwen:
+            return self._qwen_vision_states(index, captured[0], recorded)
+        return self._clip_vision_states(index, layout, captured, recorded)
+
+    def _clip_vision_states(self, index, layout, captured, recorded):
+        """:class:`~eadp_lab.methods.base.VisionStates` of image ``index``'s CLIP views, one per row."""
+        from ..methods.base import VisionStates
+        from .layouts import _crops_per_image, _packed_coordinates
+
+        config = self.model.config
+        bound, output = captured
+        states = getattr(output, "hidden_states", None)
+        feature_layer = config.vision_feature_layer
+        if states is None or not isinstance(feature_layer, int) or states[feature_layer] is None:
+            raise ValueError(f"{self.method}: the vision tower's states were not recorded")
+        if self.family == "llava":
+            views, patches = [index], None
+        else:  # AnyRes: each row is one view (base, tiles); a tile cut by unpadding keeps some of its patches
+            sizes = bound["image_sizes"].tolist()
+            crops = _crops_per_image(self.inner, config, sizes, bound.get("batch_num_images"))
+            coords = _packed_coordinates(self.inner, config, sizes[index], crops[index])
+            side = config.vision_config.image_size // config.vision_config.patch_size
+            first = sum(crops[:index])
+            views = [first + int(coords[idx[0], 0]) for idx in layout.rows]
+            patches = [(coords[idx, 1] * side + coords[idx, 2]).long() for idx in layout.rows]
+        pick = torch.tensor(views, device=states[feature_layer].device)
+        return VisionStates({k: v[pick.to(v.device)] for k, v in recorded.items()}, states[feature_layer][pick],
+                            self._encoder_layers(), self.inner.multi_modal_projector, feature_layer, cls=True,
+                            patches=patches)
+
+    def _qwen_vision_states(self, index, bound, recorded):
+        """:class:`~eadp_lab.methods.base.VisionStates` of Qwen2.5-VL image ``index``: its patches' stretch of
+        the ViT call (window order), the blocks' chunks within it, its window order."""
+        from ..methods.base import VisionStates, WindowedStates
+        from ..methods.hiprune import qwen_window_index
+
+        vision_config = self.model.config.vision_config
+        grid = bound["image_grid_thw"]
+        sizes = [int(t * h * w) for t, h, w in grid.tolist()]
+        p0, p1 = sum(sizes[:index]), sum(sizes[:index + 1])
+        inputs, chunks, rotary, total = {}, {}, None, 0
+        for block, (hidden, cu_seqlens, position_embeddings) in recorded.items():
+            bounds = cu_seqlens.to(torch.long)
+            inside = bounds[(bounds >= p0) & (bounds <= p1)] - p0
+            inputs[block], chunks[block] = hidden[p0:p1], torch.unique_consecutive(inside)
+            rotary = tuple(t[p0:p1] for t in position_embeddings)
+            total = hidden.shape[0]
+        m = vision_config.spatial_merge_size
+        window_index, _ = qwen_window_index(grid[index:index + 1].cpu(), vision_config.window_size,
+                                            vision_config.patch_size, m)
+        windows = WindowedStates(chunks, rotary, window_index, tuple(int(v) for v in grid[index].tolist()),
+                                 m * m, total)
+        return VisionStates(inputs, None, self._encoder_layers(), None, cls=False, windows=windows)
 
     def _encoder_layers(self) -> list:
+        if self.is_qwen:
+            return list(self.inner.visual.blocks)
         tower = self.inner.vision_tower
         encoder = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
         if encoder is None or not hasattr(encoder, "layers"):
@@ -363,8 +467,14 @@ class Pruner:
         return list(encoder.layers)
 
     def _record_vision_inputs(self, index: int):
+        """A pre-hook recording encoder layer ``index``'s input (Qwen2.5-VL: with its chunks and rotary)."""
         def hook(module, args, kwargs):
-            self._vision_inputs[index] = args[0] if args else kwargs["hidden_states"]
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if self.is_qwen:
+                cu_seqlens = kwargs["cu_seqlens"] if "cu_seqlens" in kwargs else args[1]
+                self._vision_inputs[index] = (hidden, cu_seqlens, kwargs["position_embeddings"])
+            else:
+                self._vision_inputs[index] = hidden
         return hook
 
     def _kept(self, layout, result, feats) -> tuple[torch.Tensor, torch.Tensor]:
