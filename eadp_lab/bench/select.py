@@ -1,15 +1,22 @@
-"""Selection speed: the lab's greedy loops against faithful re-implementations of the published ones.
+"""Selection speed: the lab's selection cores against faithful re-implementations of the published ones.
 
     python -m eadp_lab.bench select [--cases 1x576x64,5x576x64,1x2304x256] [--baseline-cases 1x576x64,5x576x64]
-                                    [--repeats 5] [--json OUT]
+                                    [--field-tokens 576] [--field-budget 64] [--methods visionzip,...]
+                                    [--repeats 7] [--threads 1] [--json OUT]
+
+Every timing here is measured the same way (:func:`timed_pair`): the published function and the
+lab's run in turns on the same inputs, ``--repeats`` times after an untimed warm-up, each repeat
+long enough for the timer; the speed-up is the median of the per-repeat ratios (published / lab)
+with its interquartile range, and a range that covers 1 is printed as "no measurable difference".
+``--threads`` sets torch's threads (1 by default: the comparison is of the algorithms, not of
+how they parallelise).
 
 Facility location (``--cases``, ``B x N x T``): it builds spatially clustered features (as real
-visual tokens are), their similarity ``(cos + 1) / 2`` and a smooth importance map, then times,
-after a warm-up, :func:`eadp_lab.select.facility_location` (the compiled CPU kernel, and the
-torch-ops path that CUDA uses) and :func:`eadp_lab.select.facility_location_naive` (a
-faithful re-implementation of the published loop). Both get the same precomputed
-similarity, so the ratio is the greedy's alone. It prints medians, the speed-up, whether
-the picks are identical and both objective values.
+visual tokens are), their similarity ``(cos + 1) / 2`` and a smooth importance map, then times
+:func:`eadp_lab.select.facility_location` (the compiled CPU kernel, and the torch-ops path that
+CUDA uses) against :func:`eadp_lab.select.facility_location_naive` (a faithful re-implementation
+of the published loop). Both get the same precomputed similarity, so the ratio is the greedy's
+alone. It prints medians, the speed-up, whether the picks are identical and both objective values.
 
 Baselines (``--baseline-cases``, ``R x N x T``: one image of ``R`` crops): DivPrune and
 CDPruner through :func:`eadp_lab.prune` with their default (published) settings against the
@@ -17,11 +24,18 @@ published loops (:mod:`eadp_lab.bench._published`), both from the same features,
 and instruction (similarities included). DivPrune on ``R > 1`` crops makes one selection of
 ``R * T`` tokens over the whole image, as published; CDPruner keeps ``T`` per crop with the
 relevance normalised over the image.
+
+The field's methods (``--methods``, at ``--field-tokens`` tokens and ``--field-budget``): VisionZip,
+HiPrune, FastV, PyramidDrop, DART and SparseVLM, each method's core in :mod:`eadp_lab.methods`
+against its authors' selection block (:mod:`eadp_lab.bench._published_field`), on the tensors of
+:func:`field_case` (LLaVA-1.5-7B shapes, batch 1), with a check that both select the same tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import platform
 import statistics
@@ -29,12 +43,16 @@ import time
 
 import torch
 
+from .._checks import check_int
 from .._io import write_json
 from ..methods import PruneInputs, prune
 from ..select import coverage, coverage_similarity, facility_location, facility_location_naive
+from . import _published_field as _pub
 from ._published import cdpruner_loop, divprune_loop
 
-__all__ = ["clustered_case", "baseline_case", "run", "run_baselines", "main"]
+__all__ = ["CLIP_SHAPES", "FIELD_METHODS", "LLM_SHAPES", "baseline_case", "clustered_case", "field_case",
+           "field_contenders", "format_ratio", "interleaved_times", "main", "ratio_spread", "run", "run_baselines",
+           "run_field", "timed_pair", "torch_threads"]
 
 
 def clustered_case(B: int, N: int, D: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,42 +83,130 @@ def baseline_case(R: int, N: int, D: int = 256, C: int = 128, seed: int = 0) -> 
                        rows_per_image=(R,))
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, allocator)
-    times = []
-    for _ in range(repeats):
+# ---------------------------------------------------------------------------------------- timing
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``torch.set_num_threads(threads)`` (``None``: as it is), restoring the count after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(check_int("threads", threads, minimum=1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def interleaved_times(fns: dict, repeats: int = 7, warmup: int = 1, min_seconds: float = 0.05) -> dict[str, list[float]]:
+    """Seconds per call of each function of ``fns`` (name -> zero-argument callable), one value per repeat.
+
+    The functions are timed in turns: every repeat times each of them once, in the given order on
+    even repeats and reversed on odd ones, so that a drift of the machine (another process, the
+    CPU clock) falls on all of them alike. Before the repeats, ``warmup`` untimed calls of each
+    (compilation, allocator, caches) and one more that sets how many calls a measurement makes
+    (``ceil(min_seconds / one call)``, at least 1), so that sub-millisecond calls are not lost in
+    the timer's resolution; a repeat's value is that measurement divided by its calls.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    names = list(fns)
+    number = {}
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        fns[name]()
+        number[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - start, 1e-9)))
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn, n = fns[name], number[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - start) / n)
+    return times
 
 
-def run(cases: list[tuple[int, int, int]], repeats: int = 5, naive_repeats: int | None = None) -> list[dict]:
-    rows = []
-    for B, N, T in cases:
-        importance, features = clustered_case(B, N)
-        K = coverage_similarity(features)
-        fast = facility_location(importance, T, similarity=K)
-        torch_path = facility_location(importance, T, similarity=K, backend="torch")
-        naive = facility_location_naive(importance, T, similarity=K)
-        nrep = naive_repeats or (repeats if B * N * N * T < 2e9 else 3)
-        t_naive = _median_time(lambda: facility_location_naive(importance, T, similarity=K), nrep)
-        t_fast = _median_time(lambda: facility_location(importance, T, similarity=K), repeats)
-        t_torch = _median_time(lambda: facility_location(importance, T, similarity=K, backend="torch"), nrep)
-        rows.append(dict(
-            B=B, N=N, T=T,
-            naive_ms=t_naive * 1e3, fast_ms=t_fast * 1e3, torch_path_ms=t_torch * 1e3,
-            speedup=t_naive / t_fast, torch_path_speedup=t_naive / t_torch,
-            identical_picks=bool(torch.equal(fast, naive)) and bool(torch.equal(torch_path, naive)),
-            objective_naive=coverage(importance, K, naive).tolist(),
-            objective_fast=coverage(importance, K, fast).tolist(),
-        ))
-    return rows
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
+    """The per-repeat ratios ``numerator[i] / denominator[i]`` of two interleaved timings and their spread.
+
+    Returns ``{"median", "q1", "q3" (the interquartile range, inclusive quartiles), "min", "max",
+    "ratios", "measurable": the interquartile range excludes 1, "verdict"}``; ``verdict`` is
+    ``"no measurable difference"`` when the range covers 1, else ``"faster"`` (ratio above 1: the
+    denominator's function takes less time) or ``"slower"``. The one rule for every timing of the
+    project: a ratio is quoted with its spread, and a spread that covers 1 is no measurable difference.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("the two timings must have the same, non-zero number of repeats")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    measurable = not q1 <= 1.0 <= q3
+    median = statistics.median(ratios)
+    return {"median": median, "q1": q1, "q3": q3, "min": min(ratios), "max": max(ratios), "ratios": ratios,
+            "measurable": measurable,
+            "verdict": ("faster" if median > 1 else "slower") if measurable else "no measurable difference"}
 
 
-def run_baselines(cases: list[tuple[int, int, int]], repeats: int = 5) -> list[dict]:
-    """One row per baseline and case ``R x N x T``: the published loop's and the lab's median ms,
-    the speed-up, and whether both pick the same tokens in the same order."""
+def format_ratio(spread: dict, digits: int = 2) -> str:
+    """``"12.30x (IQR 11.90-12.80)"``, with ``"; no measurable difference"`` when the range covers 1."""
+    text = f"{spread['median']:.{digits}f}x (IQR {spread['q1']:.{digits}f}-{spread['q3']:.{digits}f})"
+    return text if spread["measurable"] else f"{text}; no measurable difference"
+
+
+def timed_pair(published, lab, repeats: int = 7, warmup: int = 1, extra: dict | None = None) -> dict:
+    """Interleaved timing of a published function against the lab's (and any ``extra`` ones, name ->
+    callable): ``{"published_ms", "lab_ms", <name>_ms: medians, "speedup": ratio_spread(published, lab),
+    <name>_speedup: ratio_spread(published, that one), "times_ms": every repeat}``."""
+    fns = {"published": published, "lab": lab, **(extra or {})}
+    times = interleaved_times(fns, repeats, warmup)
+    out = {f"{name}_ms": 1e3 * statistics.median(values) for name, values in times.items()}
+    out["speedup"] = ratio_spread(times["published"], times["lab"])
+    for name in extra or {}:
+        out[f"{name}_speedup"] = ratio_spread(times["published"], times[name])
+    out["times_ms"] = {name: [1e3 * v for v in values] for name, values in times.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------- greedy and baselines
+def run(cases: list[tuple[int, int, int]], repeats: int = 5, naive_repeats: int | None = None,
+        threads: int | None = 1) -> list[dict]:
+    """One row per case ``B x N x T``: the published loop, the fast greedy and its torch path, timed
+    interleaved (:func:`timed_pair`) on ``threads`` torch threads; ``speedup`` and ``torch_path_speedup``
+    are :func:`ratio_spread` dicts (published / lab per repeat)."""
+    with torch_threads(threads):
+        return [_greedy_row(B, N, T, repeats, naive_repeats) for B, N, T in cases]
+
+
+def _greedy_row(B: int, N: int, T: int, repeats: int, naive_repeats: int | None) -> dict:
+    importance, features = clustered_case(B, N)
+    K = coverage_similarity(features)
+    fast = facility_location(importance, T, similarity=K)
+    torch_path = facility_location(importance, T, similarity=K, backend="torch")
+    naive = facility_location_naive(importance, T, similarity=K)
+    nrep = naive_repeats or (repeats if B * N * N * T < 2e9 else 3)
+    timing = timed_pair(lambda: facility_location_naive(importance, T, similarity=K),
+                        lambda: facility_location(importance, T, similarity=K), nrep,
+                        extra={"torch_path": lambda: facility_location(importance, T, similarity=K,
+                                                                       backend="torch")})
+    return dict(
+        B=B, N=N, T=T, repeats=nrep,
+        naive_ms=timing["published_ms"], fast_ms=timing["lab_ms"], torch_path_ms=timing["torch_path_ms"],
+        speedup=timing["speedup"], torch_path_speedup=timing["torch_path_speedup"],
+        identical_picks=bool(torch.equal(fast, naive)) and bool(torch.equal(torch_path, naive)),
+        objective_naive=coverage(importance, K, naive).tolist(),
+        objective_fast=coverage(importance, K, fast).tolist(),
+    )
+
+
+def run_baselines(cases: list[tuple[int, int, int]], repeats: int = 5, threads: int | None = 1) -> list[dict]:
+    """One row per baseline and case ``R x N x T``: the published loop's and the lab's median ms, the
+    speed-up with its spread (:func:`timed_pair`, on ``threads`` torch threads), and whether both pick
+    the same tokens in the same order."""
+    with torch_threads(threads):
+        return _baseline_rows(cases, repeats)
+
+
+def _baseline_rows(cases, repeats: int) -> list[dict]:
     rows = []
     for R, N, T in cases:
         inputs = baseline_case(R, N)
@@ -117,11 +223,161 @@ def run_baselines(cases: list[tuple[int, int, int]], repeats: int = 5) -> list[d
                          lambda: prune("cdpruner", inputs, T).picks),
         }
         for method, (published, lab) in contenders.items():
-            t_published = _median_time(published, repeats)
-            t_lab = _median_time(lab, repeats)
-            rows.append(dict(method=method, R=R, N=N, T=T, picked=R * T, published_ms=t_published * 1e3,
-                             lab_ms=t_lab * 1e3, speedup=t_published / t_lab,
-                             identical_picks=bool(torch.equal(published(), lab()))))
+            timing = timed_pair(published, lab, repeats)
+            rows.append(dict(method=method, R=R, N=N, T=T, picked=R * T, repeats=repeats,
+                             published_ms=timing["published_ms"], lab_ms=timing["lab_ms"],
+                             speedup=timing["speedup"], identical_picks=bool(torch.equal(published(), lab()))))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- the field's methods
+# LLaVA-1.5-7B-like shapes: CLIP ViT-L/14-336 (width 1024, 16 heads of 64) and Vicuna-7B (hidden 4096,
+# 32 heads of 128), a 35-token prefix before the image and a 40-token instruction after it.
+CLIP_SHAPES = {"width": 1024, "heads": 16, "head_dim": 64}
+LLM_SHAPES = {"hidden": 4096, "heads": 32, "head_dim": 128, "prefix": 35, "text": 40}
+FIELD_METHODS = ("visionzip", "hiprune", "fastv", "pyramiddrop", "dart", "sparsevlm")
+
+
+def _saliency(N: int, g: torch.Generator) -> torch.Tensor:
+    """``(N,)`` a smooth saliency map on the square-ish token grid with a few spikes (a per-key logit bias)."""
+    importance, _ = clustered_case(1, N, 8, seed=int(torch.randint(1 << 30, (1,), generator=g)))
+    bias = 2.0 * importance[0]
+    bias[torch.randperm(N, generator=g)[:4]] += 3.0
+    return bias
+
+
+def _attention(B: int, H: int, L: int, bias: torch.Tensor, g: torch.Generator, causal: bool) -> torch.Tensor:
+    """``(B, H, L, L)`` attention probabilities: a softmax of random logits plus the per-key ``bias`` ``(L,)``,
+    causal (lower-triangular) if asked."""
+    logits = torch.randn(B, H, L, L, generator=g) + bias
+    if causal:
+        logits = logits.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    return logits.softmax(-1)
+
+
+def field_case(N: int = 576, budget: int = 64, seed: int = 0) -> dict:
+    """The inputs of the six field methods' selections for one image of ``N`` tokens (batch 1), in the
+    shapes of LLaVA-1.5-7B (:data:`CLIP_SHAPES`, :data:`LLM_SHAPES`), and each method's settings at ``budget``.
+
+    Vision encoder: two CLIP attention maps ``(1, 16, 1+N, 1+N)`` (a shallow and a deep one), the deep
+    layer's hidden states ``(1, 1+N, 1024)`` (spatially clustered) and key metric ``(1, 1+N, 64)``.
+    Language model (``L = 35 + N + 40``): a causal attention map ``(1, 32, L, L)`` with a sink on token 0,
+    hidden states ``(1, L, 4096)`` (clustered on the image), keys and queries ``(1, 32, L, 128)``, and
+    SparseVLM's density noise.
+    """
+    from ..methods.dart import dart_token_topk
+    from ..methods.pyramiddrop import pyramiddrop_schedule
+    from ..methods.sparsevlm import sparsevlm_token_list
+    from ..methods.visionzip import split_budget
+
+    g = torch.Generator().manual_seed(seed)
+    W, Hc, Dk = CLIP_SHAPES["width"], CLIP_SHAPES["heads"], CLIP_SHAPES["head_dim"]
+    D, H, Dh, P, Tt = (LLM_SHAPES[k] for k in ("hidden", "heads", "head_dim", "prefix", "text"))
+    clip_bias = torch.cat([torch.zeros(1), _saliency(N, g)])
+    _, clip_hidden = clustered_case(1, 1 + N, W, seed=seed + 1)
+    metric = clip_hidden @ torch.randn(W, Dk, generator=g) / W**0.5 + 0.3 * torch.randn(1, 1 + N, Dk, generator=g)
+    L = P + N + Tt
+    llm_bias = torch.cat([torch.full((1,), 4.0), torch.zeros(P - 1), _saliency(N, g), torch.zeros(Tt)])
+    _, image_hidden = clustered_case(1, N, D, seed=seed + 2)
+    hidden = torch.cat([torch.randn(1, P, D, generator=g), image_hidden, torch.randn(1, Tt, D, generator=g)], 1)
+    scale = 1.0 + torch.rand(1, 1, L, 1, generator=g)  # per-token key norms, so that the L1 norms spread
+    dominant, contextual = split_budget(budget)
+    return {
+        "N": N, "budget": budget, "prefix": P, "text": Tt, "L": L, "grid_side": math.isqrt(N),
+        "clip_shallow": _attention(1, Hc, 1 + N, clip_bias, g, causal=False),
+        "clip_deep": _attention(1, Hc, 1 + N, clip_bias, g, causal=False),
+        "clip_hidden": clip_hidden, "clip_metric": metric,
+        "llm_attention": _attention(1, H, L, llm_bias, g, causal=True),
+        "llm_hidden": hidden, "llm_embeds": hidden + 0.5 * torch.randn(1, L, D, generator=g),
+        "llm_keys": torch.randn(1, H, L, Dh, generator=g) * scale,
+        "llm_queries": torch.randn(1, H, L, Dh, generator=g),
+        "density_noise": torch.rand(1, int((N - sparsevlm_token_list(N, budget)[0]) * 0.3) + 1, generator=g),
+        "visionzip": (dominant, contextual),
+        "pyramiddrop_keep": pyramiddrop_schedule(N, budget).keep[0],
+        "dart_topk": dart_token_topk(budget, num_tokens=N),
+        "sparsevlm_keep": sparsevlm_token_list(N, budget)[0],
+    }
+
+
+def field_contenders(case: dict) -> dict:
+    """Per method, ``(what it selects, published, lab, same)``: a description, two zero-argument callables
+    (the published block and the lab's core, on the same tensors of :func:`field_case`) and a function
+    of their outputs that says whether they select the same tokens (and agree on merged features)."""
+    from ..methods.dart import dart_keep
+    from ..methods.fastv import fastv_keep
+    from ..methods.hiprune import hiprune_select
+    from ..methods.pyramiddrop import pyramiddrop_keep
+    from ..methods.sparsevlm import sparsevlm_layer, sparsevlm_raters
+    from ..methods.visionzip import visionzip
+
+    c = case
+    N, P, L, budget = c["N"], c["prefix"], c["L"], c["budget"]
+    dominant, contextual = c["visionzip"]
+    hidden, attention, embeds = c["llm_hidden"], c["llm_attention"], c["llm_embeds"]
+
+    def lab_sparsevlm():
+        raters = sparsevlm_raters(embeds, P, N)
+        return raters, sparsevlm_layer(hidden, attention, P, N, raters, c["sparsevlm_keep"],
+                                       density_noise=c["density_noise"])
+
+    close = lambda a, b: bool(torch.allclose(a, b, atol=1e-5, rtol=1e-5))
+    return {
+        "visionzip": (
+            f"CLIP layer -2, {dominant} dominant (CLS included) + {contextual} merged",
+            lambda: _pub.visionzip_block(c["clip_deep"], c["clip_hidden"], c["clip_metric"], dominant - 1, contextual),
+            lambda: visionzip(c["clip_deep"], c["clip_hidden"], c["clip_metric"], dominant, contextual),
+            lambda pub, lab: bool(torch.equal(pub[1], lab.all_indices)) and bool(torch.equal(pub[2], lab.merge.assign))
+            and close(pub[0], lab.tokens)),
+        "hiprune": (
+            f"CLIP layers 9 and -2, {budget} patches",
+            lambda: _pub.hiprune_block(c["clip_shallow"], c["clip_deep"], budget, c["grid_side"]),
+            lambda: hiprune_select(c["clip_shallow"], c["clip_deep"], budget),
+            lambda pub, lab: bool(torch.equal(pub, lab.index_mask))),
+        "fastv": (
+            f"LLM layer K, {budget} of {N} by the last token's attention",
+            lambda: _pub.fastv_block(attention, P, N, budget),
+            lambda: fastv_keep(attention, P, N, budget),
+            lambda pub, lab: bool(torch.equal(pub[0], lab.image_index[0])) and bool(torch.equal(pub[1], lab.keep_index[0]))),
+        "pyramiddrop": (
+            f"LLM stage 1, {c['pyramiddrop_keep']} of {N} (budget {budget})",
+            lambda: _pub.pyramiddrop_block(c["llm_queries"], c["llm_keys"], P, N, c["pyramiddrop_keep"], L - N),
+            lambda: pyramiddrop_keep(c["llm_queries"], c["llm_keys"], P, N, c["pyramiddrop_keep"]),
+            lambda pub, lab: bool(torch.equal(pub[0], lab[0]))),
+        "dart": (
+            f"LLM layer K, 4 + 4 pivots x {c['dart_topk']}",
+            lambda: _pub.dart_block(hidden, c["llm_keys"], P, N, 4, 4, c["dart_topk"]),
+            lambda: dart_keep(hidden, c["llm_keys"], P, N, c["dart_topk"], 4, 4),
+            lambda pub, lab: set(pub[0].tolist()) == set(lab.image_index[0].tolist())
+            and bool(torch.equal(pub[1], lab.keep_index[0]))),
+        "sparsevlm": (
+            f"raters + first sparse layer, {c['sparsevlm_keep']} of {N} kept, rest recycled",
+            lambda: _pub.sparsevlm_block(embeds, hidden, attention, P, N, c["sparsevlm_keep"], c["density_noise"]),
+            lab_sparsevlm,
+            lambda pub, lab: bool(torch.equal(pub[0], lab[0][0].nonzero().squeeze(1)))
+            and bool(torch.equal(pub[1], lab[1].keep_mask)) and bool(torch.equal(pub[2][None], lab[1].merge_index))
+            and close(pub[3], lab[1].merged) and close(pub[4], lab[1].hidden_states)),
+    }
+
+
+def run_field(N: int = 576, budget: int = 64, repeats: int = 7, methods=FIELD_METHODS, seed: int = 0,
+              threads: int | None = 1) -> list[dict]:
+    """One row per field method: its selection on :func:`field_case` inputs, the published block against the
+    lab's core, timed interleaved (:func:`timed_pair`) on ``threads`` torch threads, and whether both
+    select the same tokens."""
+    with torch_threads(threads):
+        return _field_rows(N, budget, repeats, methods, seed)
+
+
+def _field_rows(N: int, budget: int, repeats: int, methods, seed: int) -> list[dict]:
+    case = field_case(N, budget, seed)
+    contenders = field_contenders(case)
+    rows = []
+    for method in methods:
+        what, published, lab, same = contenders[method]
+        timing = timed_pair(published, lab, repeats)
+        rows.append(dict(method=method, N=N, budget=budget, selects=what, repeats=repeats,
+                         published_ms=timing["published_ms"], lab_ms=timing["lab_ms"], speedup=timing["speedup"],
+                         identical_picks=same(published(), lab())))
     return rows
 
 
@@ -148,30 +404,59 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-cases", default="1x576x64,5x576x64",
                         help="comma-separated RxNxT of DivPrune and CDPruner, R crops of one image "
                              "(default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(FIELD_METHODS),
+                        help="comma-separated field methods, or 'none' (default: %(default)s)")
+    parser.add_argument("--field-tokens", type=int, default=576, help="N of the field methods (default: %(default)s)")
+    parser.add_argument("--field-budget", type=int, default=64, help="their budget (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     cases = _parse_cases(args.cases)
     baseline_cases = _parse_cases(args.baseline_cases)
+    methods = [] if args.methods.strip() == "none" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in FIELD_METHODS]
+    if unknown or args.repeats < 1 or args.threads < 1:
+        raise SystemExit(f"--methods must list some of {', '.join(FIELD_METHODS)} (or 'none'), --repeats and "
+                         f"--threads must be at least 1; got {args.methods!r}, {args.repeats}, {args.threads}")
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
-    rows = run(cases, args.repeats)
-    header = f"{'B':>2} {'N':>5} {'T':>4} | {'published loop':>15} {'fast (cpu)':>11} {'speed-up':>9} | " \
-             f"{'torch path':>11} {'speed-up':>9} | {'same picks':>10} {'objective (loop = fast)':>24}"
+          f"{os.cpu_count()} CPUs; speed-up = published / lab, median of {args.repeats} interleaved repeats "
+          f"after a warm-up (IQR: interquartile range of the per-repeat ratios)")
+    rows = run(cases, args.repeats, threads=args.threads)
+    header = f"{'B':>2} {'N':>5} {'T':>4} | {'published loop':>15} {'fast (cpu)':>11} {'speed-up (IQR)':>28} | " \
+             f"{'torch path':>11} {'speed-up (IQR)':>28} | {'same picks':>10} {'objective (loop = fast)':>24}"
     lines = []
     for r in rows:
         same_obj = all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(r["objective_naive"], r["objective_fast"]))
         lines.append(f"{r['B']:>2} {r['N']:>5} {r['T']:>4} | {r['naive_ms']:>12.2f} ms {r['fast_ms']:>8.2f} ms "
-                     f"{r['speedup']:>8.1f}x | {r['torch_path_ms']:>8.2f} ms {r['torch_path_speedup']:>8.1f}x | "
+                     f"{_ratio_cell(r['speedup'])} | {r['torch_path_ms']:>8.2f} ms "
+                     f"{_ratio_cell(r['torch_path_speedup'])} | "
                      f"{str(r['identical_picks']):>10} {r['objective_naive'][0]:>12.4f} {'=' if same_obj else '!='}")
     _print_table(header, lines)
-    baselines = run_baselines(baseline_cases, args.repeats)
+    baselines = run_baselines(baseline_cases, args.repeats, threads=args.threads)
     print()
     header = f"{'baseline':>9} {'R':>2} {'N':>5} {'T':>4} {'kept':>5} | {'published loop':>15} {'lab':>11} " \
-             f"{'speed-up':>9} | {'same picks':>10}"
+             f"{'speed-up (IQR)':>28} | {'same picks':>10}"
     _print_table(header, [
         f"{r['method']:>9} {r['R']:>2} {r['N']:>5} {r['T']:>4} {r['picked']:>5} | {r['published_ms']:>12.2f} ms "
-        f"{r['lab_ms']:>8.2f} ms {r['speedup']:>8.2f}x | {str(r['identical_picks']):>10}" for r in baselines])
+        f"{r['lab_ms']:>8.2f} ms {_ratio_cell(r['speedup'])} | {str(r['identical_picks']):>10}" for r in baselines])
+    field = run_field(args.field_tokens, args.field_budget, args.repeats, methods,
+                                                     threads=args.threads) if methods else []
+    if field:
+        print()
+        header = f"{'method':>11} {'N':>5} {'T':>4} | {'published':>11} {'lab':>11} {'speed-up (IQR)':>28} | " \
+                 f"{'verdict':>24} | {'same picks':>10} | selection timed"
+        _print_table(header, [
+            f"{r['method']:>11} {r['N']:>5} {r['budget']:>4} | {r['published_ms']:>8.2f} ms {r['lab_ms']:>8.2f} ms "
+            f"{_ratio_cell(r['speedup'])} | {r['speedup']['verdict']:>24} | {str(r['identical_picks']):>10} | "
+            f"{r['selects']}" for r in field])
     if args.json:
-        write_json(args.json, {"rows": rows, "baselines": baselines}, indent=2)
+        write_json(args.json, {"threads": args.threads, "repeats": args.repeats, "rows": rows,
+                               "baselines": baselines, "field": field}, indent=2)
     return 0
+
+
+def _ratio_cell(spread: dict) -> str:
+    """A table cell: ``"  12.31x (11.90-12.80)"``, 28 characters wide."""
+    return f"{spread['median']:>8.2f}x ({spread['q1']:.2f}-{spread['q3']:.2f})".rjust(28)
