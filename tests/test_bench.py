@@ -83,12 +83,14 @@ def test_interleaved_times_alternate_after_the_warmup():
 def test_ratio_spread_says_no_measurable_difference_when_the_spread_covers_one():
     faster = ratio_spread([2.0, 2.2, 1.8, 2.1], [1.0, 1.0, 1.0, 1.0])
     assert faster["measurable"] and faster["verdict"] == "faster" and faster["median"] == pytest.approx(2.05)
-    assert faster["q1"] <= faster["median"] <= faster["q3"] and faster["min"] == 1.8 and faster["max"] == 2.2
-    assert format_ratio(faster).startswith("2.05x (IQR ")
+    assert faster["q1"] <= faster["median"] <= faster["q3"] and faster["low"] == 1.8 and faster["high"] == 2.2
+    assert format_ratio(faster) == "2.05x (range 1.80-2.20)"
     even = ratio_spread([0.9, 1.1, 1.05, 0.95], [1.0] * 4)
     assert not even["measurable"] and even["verdict"] == "no measurable difference"
     assert format_ratio(even).endswith("no measurable difference")
     assert ratio_spread([1.0] * 3, [2.0] * 3)["verdict"] == "slower"
+    # one repeat on the other side of 1 is enough to make it no measurable difference
+    assert ratio_spread([2.0, 2.0, 2.0, 0.99], [1.0] * 4)["verdict"] == "no measurable difference"
     with pytest.raises(ValueError):
         ratio_spread([1.0], [1.0, 2.0])
 

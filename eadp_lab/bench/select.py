@@ -7,7 +7,8 @@
 Every timing here is measured the same way (:func:`timed_pair`): the published function and the
 lab's run in turns on the same inputs, ``--repeats`` times after an untimed warm-up, each repeat
 long enough for the timer; the speed-up is the median of the per-repeat ratios (published / lab)
-with its interquartile range, and a range that covers 1 is printed as "no measurable difference".
+with the range of the per-repeat ratios (smallest to largest), and a range that covers 1 is
+printed as "no measurable difference".
 ``--threads`` sets torch's threads (1 by default: the comparison is of the algorithms, not of
 how they parallelise).
 
@@ -52,7 +53,7 @@ from ._published import cdpruner_loop, divprune_loop
 
 __all__ = ["CLIP_SHAPES", "FIELD_METHODS", "LLM_SHAPES", "baseline_case", "clustered_case", "field_case",
            "field_contenders", "format_ratio", "interleaved_times", "main", "ratio_spread", "run", "run_baselines",
-           "run_field", "timed_pair", "torch_threads"]
+           "run_field", "timed_pair", "timing_frame", "torch_threads"]
 
 
 def clustered_case(B: int, N: int, D: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,26 +131,29 @@ def interleaved_times(fns: dict, repeats: int = 7, warmup: int = 1, min_seconds:
 def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
     """The per-repeat ratios ``numerator[i] / denominator[i]`` of two interleaved timings and their spread.
 
-    Returns ``{"median", "q1", "q3" (the interquartile range, inclusive quartiles), "min", "max",
-    "ratios", "measurable": the interquartile range excludes 1, "verdict"}``; ``verdict`` is
-    ``"no measurable difference"`` when the range covers 1, else ``"faster"`` (ratio above 1: the
-    denominator's function takes less time) or ``"slower"``. The one rule for every timing of the
-    project: a ratio is quoted with its spread, and a spread that covers 1 is no measurable difference.
+    Returns ``{"median", "low", "high" (the smallest and largest per-repeat ratio: the spread), "q1",
+    "q3" (the interquartile range, for reference), "ratios", "measurable": the spread excludes 1,
+    "verdict"}``; ``verdict`` is ``"no measurable difference"`` when ``low <= 1 <= high``, else
+    ``"faster"`` (every ratio above 1: the denominator's function takes less time) or ``"slower"``.
+    The project's one rule for a timing (as :func:`eadp_lab.bench.efficiency.add_ratios` reads its
+    paired calls): a ratio is quoted with the range of its repeats, and a range that covers 1 is no
+    measurable difference.
     """
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError("the two timings must have the same, non-zero number of repeats")
     ratios = [a / b for a, b in zip(numerator, denominator)]
     q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    measurable = not q1 <= 1.0 <= q3
+    low, high = min(ratios), max(ratios)
+    measurable = not low <= 1.0 <= high
     median = statistics.median(ratios)
-    return {"median": median, "q1": q1, "q3": q3, "min": min(ratios), "max": max(ratios), "ratios": ratios,
+    return {"median": median, "low": low, "high": high, "q1": q1, "q3": q3, "ratios": ratios,
             "measurable": measurable,
             "verdict": ("faster" if median > 1 else "slower") if measurable else "no measurable difference"}
 
 
 def format_ratio(spread: dict, digits: int = 2) -> str:
-    """``"12.30x (IQR 11.90-12.80)"``, with ``"; no measurable difference"`` when the range covers 1."""
-    text = f"{spread['median']:.{digits}f}x (IQR {spread['q1']:.{digits}f}-{spread['q3']:.{digits}f})"
+    """``"12.30x (range 11.90-12.80)"``, with ``"; no measurable difference"`` when the range covers 1."""
+    text = f"{spread['median']:.{digits}f}x (range {spread['low']:.{digits}f}-{spread['high']:.{digits}f})"
     return text if spread["measurable"] else f"{text}; no measurable difference"
 
 
@@ -165,6 +169,23 @@ def timed_pair(published, lab, repeats: int = 7, warmup: int = 1, extra: dict | 
         out[f"{name}_speedup"] = ratio_spread(times["published"], times[name])
     out["times_ms"] = {name: [1e3 * v for v in values] for name, values in times.items()}
     return out
+
+
+def timing_frame(rows: list[dict]):
+    """The rows of :func:`run` as a table (pandas): the case, the median ms of the published loop and of
+    the fast greedy, the speed-up's median and range over the repeats, the verdict, the torch path's
+    speed-up and whether the picks agree."""
+    import pandas as pd
+
+    def cell(spread: dict) -> str:
+        return f"{spread['median']:.2f}x ({spread['low']:.2f}-{spread['high']:.2f})"
+
+    return pd.DataFrame([{
+        "case (B x N x T)": f"{r['B']} x {r['N']} x {r['T']}", "repeats": r["repeats"],
+        "published loop (ms)": round(r["naive_ms"], 2), "fast greedy (ms)": round(r["fast_ms"], 2),
+        "speed-up (range)": cell(r["speedup"]), "verdict": r["speedup"]["verdict"],
+        "torch path speed-up (range)": cell(r["torch_path_speedup"]), "same picks": r["identical_picks"],
+    } for r in rows]).set_index("case (B x N x T)")
 
 
 # ---------------------------------------------------------------------------------------- greedy and baselines
@@ -422,10 +443,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; speed-up = published / lab, median of {args.repeats} interleaved repeats "
-          f"after a warm-up (IQR: interquartile range of the per-repeat ratios)")
+          f"after a warm-up (range: smallest and largest per-repeat ratio; covering 1 = no measurable difference)")
     rows = run(cases, args.repeats, threads=args.threads)
-    header = f"{'B':>2} {'N':>5} {'T':>4} | {'published loop':>15} {'fast (cpu)':>11} {'speed-up (IQR)':>28} | " \
-             f"{'torch path':>11} {'speed-up (IQR)':>28} | {'same picks':>10} {'objective (loop = fast)':>24}"
+    header = f"{'B':>2} {'N':>5} {'T':>4} | {'published loop':>15} {'fast (cpu)':>11} {'speed-up (range)':>28} | " \
+             f"{'torch path':>11} {'speed-up (range)':>28} | {'same picks':>10} {'objective (loop = fast)':>24}"
     lines = []
     for r in rows:
         same_obj = all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(r["objective_naive"], r["objective_fast"]))
@@ -437,7 +458,7 @@ def main(argv=None) -> int:
     baselines = run_baselines(baseline_cases, args.repeats, threads=args.threads)
     print()
     header = f"{'baseline':>9} {'R':>2} {'N':>5} {'T':>4} {'kept':>5} | {'published loop':>15} {'lab':>11} " \
-             f"{'speed-up (IQR)':>28} | {'same picks':>10}"
+             f"{'speed-up (range)':>28} | {'same picks':>10}"
     _print_table(header, [
         f"{r['method']:>9} {r['R']:>2} {r['N']:>5} {r['T']:>4} {r['picked']:>5} | {r['published_ms']:>12.2f} ms "
         f"{r['lab_ms']:>8.2f} ms {_ratio_cell(r['speedup'])} | {str(r['identical_picks']):>10}" for r in baselines])
@@ -445,7 +466,7 @@ def main(argv=None) -> int:
                                                      threads=args.threads) if methods else []
     if field:
         print()
-        header = f"{'method':>11} {'N':>5} {'T':>4} | {'published':>11} {'lab':>11} {'speed-up (IQR)':>28} | " \
+        header = f"{'method':>11} {'N':>5} {'T':>4} | {'published':>11} {'lab':>11} {'speed-up (range)':>28} | " \
                  f"{'verdict':>24} | {'same picks':>10} | selection timed"
         _print_table(header, [
             f"{r['method']:>11} {r['N']:>5} {r['budget']:>4} | {r['published_ms']:>8.2f} ms {r['lab_ms']:>8.2f} ms "
@@ -458,5 +479,5 @@ def main(argv=None) -> int:
 
 
 def _ratio_cell(spread: dict) -> str:
-    """A table cell: ``"  12.31x (11.90-12.80)"``, 28 characters wide."""
-    return f"{spread['median']:>8.2f}x ({spread['q1']:.2f}-{spread['q3']:.2f})".rjust(28)
+    """A table cell: ``"  12.31x (11.90-12.80)"`` (median, range), 28 characters wide."""
+    return f"{spread['median']:>8.2f}x ({spread['low']:.2f}-{spread['high']:.2f})".rjust(28)
