@@ -27,9 +27,12 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 
 pytestmark = pytest.mark.book
 
+PAGES = ["methods.html"]  # pages of book/*.md that must render like the chapters (math included)
+
 
 def chapters() -> list[str]:
     pages = ["intro.html"] + sorted(str(p.relative_to(HTML)) for p in (HTML / "chapters").glob("*.html"))
+    pages += [p for p in PAGES if (HTML / p).exists()]  # the book's own pages beside the chapters
     return pages
 
 
@@ -53,6 +56,12 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
         b.close()
+
+
+def test_the_methods_page_is_in_the_build():
+    if not (HTML / "index.html").exists():
+        pytest.fail("the book is not built: run `make book` (book/_build/html is missing)")
+    assert (HTML / "methods.html").exists(), "book/methods.md is missing from the built book (book/_toc.yml)"
 
 
 def test_every_chapter_is_in_the_build():
