@@ -337,7 +337,12 @@ def test_videos_are_refused_naming_the_method_and_the_model(method):
 def test_hiprune_variant_must_match_the_vision_encoder():
     with pytest.raises(ValueError, match="hiprune on Qwen2_5_VLForConditionalGeneration runs its published Qwen "
                                          "variant: give HiPruneQwenSettings"):
-        attach(T.qwen2_5_vl(), "hiprune", budget=4, settings=HiPruneSettings(), tokenizer=T.tokenizer())
+        attach(T.qwen2_5_vl(), "hiprune", budget=4, settings=HiPruneSettings(alpha=0.2), tokenizer=T.tokenizer())
+    # the LLaVA defaults (what the benches hand every family) stand for the published settings: Qwen's there
+    with attach(T.qwen2_5_vl(), "hiprune", budget=4, settings=HiPruneSettings(), tokenizer=T.tokenizer()) as pruner:
+        assert pruner._settings["image"] == HiPruneQwenSettings()
+    with attach(T.qwen2_5_vl(), "hiprune", budget=4, score_order="window", tokenizer=T.tokenizer()) as pruner:
+        assert pruner._settings["image"] == HiPruneQwenSettings(score_order="window")
     with pytest.raises(ValueError, match="HiPruneQwenSettings are the Qwen2.5-VL variant's"):
         attach(T.llava(), "hiprune", budget=4, settings=HiPruneQwenSettings(), tokenizer=T.tokenizer())
     with pytest.raises(ValueError, match="score_order"):

@@ -220,8 +220,8 @@ def qwen_received(block: torch.nn.Module, hidden: torch.Tensor, cu_seqlens: torc
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b <= a:
                 continue
-            qa, ka = q[a:b].transpose(0, 1), k[a:b].transpose(0, 1)  # (H, s, Dh)
-            probs = torch.softmax((qa @ ka.transpose(1, 2)).float() * attn.scaling, dim=-1)  # (H, s, s)
+            qa, ka = q[a:b].transpose(0, 1).float(), k[a:b].transpose(0, 1).float()  # (H, s, Dh)
+            probs = torch.softmax((qa @ ka.transpose(1, 2)) * attn.scaling, dim=-1)  # (H, s, s)
             received[a:b] = probs.sum(dim=(0, 1))
     return received / (heads * total_patches)
 

@@ -92,7 +92,10 @@ def _settings_by_modality(method, family, settings, overrides, sign=None) -> dic
         if (family, modality) not in DEFAULT_PRESETS:
             continue  # a modality the family never feeds
         given = settings.get(modality) if isinstance(settings, dict) else settings
-        chosen = _default_settings(method, family, modality, sign) if given is None else given
+        if given is None:
+            chosen = _default_settings(method, family, modality, sign)
+        else:
+            chosen = _published(method, family, given)
         out[modality] = _checked_for_family(method, family, resolve_settings(method, chosen, overrides))
     return out
 
@@ -105,6 +108,18 @@ def _default_settings(method, family, modality, sign):
 
         return HiPruneQwenSettings()
     return default_settings(method, family, modality, sign)
+
+
+def _published(method, family, settings):
+    """``settings``, except HiPrune's LLaVA defaults on Qwen2.5-VL: ``HiPruneSettings()`` stands for the
+    published settings (what :func:`~eadp_lab.methods.settings.method_settings` hands the benches), which on
+    Qwen2.5-VL are its Qwen variant's, ``HiPruneQwenSettings()``. Changed LLaVA settings stay (and are refused)."""
+    if method == "hiprune" and family == "qwen2_5_vl":
+        from ..methods.hiprune import HiPruneQwenSettings, HiPruneSettings
+
+        if type(settings) is HiPruneSettings and settings == HiPruneSettings():
+            return HiPruneQwenSettings()
+    return settings
 
 
 def _checked_for_family(method, family, settings):
@@ -790,7 +805,13 @@ def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str =
             ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``
             or ``Qwen2_5_VLForConditionalGeneration`` (transformers 5.x).
         method: a registry name (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``,
-            ``divprune``, ``cdpruner``, ``none``).
+            ``divprune``, ``cdpruner``, ``none``; in the vision encoder ``visionzip`` and ``hiprune``;
+            inside the language model ``fastv``, ``pyramiddrop``, ``dart``, ``sparsevlm``). The
+            vision-encoder methods prune images of LLaVA-1.5 and, per AnyRes view, of LLaVA-NeXT and
+            NeXT-Video; HiPrune also Qwen2.5-VL images (its published Qwen variant,
+            :class:`~eadp_lab.methods.hiprune.HiPruneQwenSettings`); elsewhere (VisionZip on Qwen2.5-VL
+            or OneVision, HiPrune on OneVision: no [CLS] token; videos) they are refused with a
+            ``ValueError`` naming the method and the model class (see :mod:`eadp_lab.methods.in_vision`).
         budget: tokens kept per row (image, AnyRes crop, video frame) before EADP's
             allocation across an image's crops; a float in (0, 1] keeps that fraction. On
             AnyRes images DivPrune spends the image's rows' budgets in one joint selection
