@@ -158,6 +158,7 @@ SMOKE = {
     "04_full_model_benchmarks": {"questions": 16, "efficiency_samples": 1, "efficiency_repeats": 1},
     "05_video_and_multicrop": {"n_clips": 6, "n_images": 6},
     "06_explorer": {"n_reliability": 16},
+    "08_appendix_position_ids": {"spacing_questions": 16, "control_questions": 16},
 }
 SMOKE_DIR = BOOK / "_build" / "smoke"
 

@@ -23,7 +23,8 @@ from .evaluation.results import _result_rows, pool_runs, results_frame
 from .methods.base import METHODS
 
 __all__ = ["PAPER_TABLE1", "PAPER_UNPRUNED", "PAPER_TOKENS", "PAPER_SOURCE", "WHERE", "where", "paper_budget",
-           "comparison_table", "compute_frame", "compute_panel", "visionzip_panel", "layer_counts_panel"]
+           "comparison_table", "comparison_figures", "compute_frame", "compute_sentence", "compute_panel", "visionzip_panel",
+           "layer_counts_panel"]
 
 PAPER_SOURCE = ("Wang, Yang and Shen, \"Combating Textual Noise and Redundancy: Entropy-Aware Dense Visual Token "
                 "Pruning\", ECCV 2026, Table 1: LLaVA-1.5-7B, average of nine benchmarks")
@@ -119,7 +120,7 @@ def compute_frame(accuracy_rows, efficiency_rows):
     missing = {"method", "budget", "prefill_flops", "full_layers"} - set(eff.columns)
     if missing:
         raise ValueError(f"efficiency rows need {sorted(missing)}")
-    eff = eff.groupby(["method", "budget"], as_index=False)[["prefill_flops", "full_layers"]].mean()
+    eff = eff.groupby(["method", "budget"], as_index=False, dropna=False)[["prefill_flops", "full_layers"]].mean()
     full = eff.loc[eff["method"] == "none", "prefill_flops"]
     if full.empty:
         raise ValueError("efficiency rows need a 'none' row (the unpruned prefill)")
@@ -215,3 +216,42 @@ def layer_counts_panel(counts: dict, full: int, ax=None):
     ax.set_xticks(range(max(len(v) for v in counts.values())))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return ax
+
+
+def comparison_figures(table) -> dict:
+    """The values chapter 04's prose quotes from :func:`comparison_table`: per lab budget ``b``
+    (``field_best_<i>``, ``field_eadp_rank_<i>`` for the i-th budget, largest first: the best method
+    and EADP's rank among the methods shown), ``field_budgets`` (the lab budgets and the paper
+    budgets they stand beside, a sentence), and the rank agreement of the lab with Table 1 at each
+    paired budget over the methods both report (``field_rank_agreement``: Spearman's rho and its
+    permutation p per budget, a sentence; :func:`eadp_lab.studies.rank_correlation`)."""
+    from .studies import rank_correlation
+
+    labs = [c for c in table.columns if c.startswith("lab ")]
+    papers = [c for c in table.columns if c.startswith("paper ")]
+    out = {"field_questions": int(table.attrs.get("questions", 0)), "field_unpruned": float(table.attrs["unpruned"]),
+           "field_budgets": ", ".join(f"{lab.split()[1]} beside {paper.split()[1]}" for lab, paper in zip(labs, papers))}
+    agreement = []
+    for i, (lab, paper) in enumerate(zip(labs, papers)):
+        column = table[lab].dropna().sort_values(ascending=False)
+        out[f"field_best_{i}"] = f"{column.index[0]} ({100 * column.iloc[0]:.1f}% of the unpruned accuracy)"
+        out[f"field_eadp_rank_{i}"] = (f"{list(column.index).index('eadp') + 1} of {len(column)}"
+                                       if "eadp" in column.index else "not run")
+        both = table[[lab, paper]].dropna()
+        rho = rank_correlation(both[lab], both[paper]) if len(both) >= 3 else {"rho": math.nan, "p": math.nan, "n": 0}
+        agreement.append(f"{lab.split()[1]} tokens: rho {rho['rho']:+.2f} over {len(both)} methods (p {rho['p']:.2f})"
+                         if len(both) >= 3 else f"{lab.split()[1]} tokens: fewer than three methods in both")
+    out["field_rank_agreement"] = "; ".join(agreement)
+    return out
+
+
+def compute_sentence(frame, budget: int) -> str:
+    """At ``budget``, each method's accuracy and share of the unpruned prefill FLOPs (``frame`` from
+    :func:`compute_frame`), most accurate first: ``"pyramiddrop 81.5% at 41% of the FLOPs, ..."``."""
+    rows = frame[frame["budget"] == budget].sort_values("accuracy", ascending=False)
+    if rows.empty:
+        return f"no configuration at {budget} tokens was measured in both benches"
+    return ", ".join(f"{r.method} {100 * r.accuracy:.1f}% at {100 * r.flops_share:.0f}% of the FLOPs"
+                     + (f" ({r.full_layers:g} layer{'s' if r.full_layers != 1 else ''} with every token)"
+                        if r.full_layers else "")
+                     for r in rows.itertuples())

@@ -121,14 +121,16 @@ def results_frame(results, value: str = "accuracy"):
 
 
 def run_summary(path, report: dict) -> str:
-    """Two lines saying which run a report is: its file (relative to the repository when inside
-    it), the command that wrote it, and its sign, positions, questions and seconds."""
+    """Lines saying which run a report is: its file (relative to the repository when inside it), the
+    command that wrote it, the commands of the runs ``bench merge`` joined to it (one line each), and
+    its sign, positions, questions and seconds."""
     path = Path(path)
     try:
         name = path.resolve().relative_to(ROOT)
     except ValueError:
         name = path
-    return (f"{name}\n  written by: {report.get('command')}\n  sign: {report.get('sign') or 'the presets (-1)'}, "
+    joined = "".join(f"\n  joined (bench merge): {m.get('command')}" for m in report.get("merged", []))
+    return (f"{name}\n  written by: {report.get('command')}{joined}\n  sign: {report.get('sign') or 'the presets (-1)'}, "
             f"positions: {report.get('positions') or 'renumber (the default)'}, questions: {report.get('questions')}, "
             f"seconds: {report.get('seconds')}")
 
