@@ -3,7 +3,8 @@
 Run by `make book` after the build (marker `book`; needs book/_build/html, Debian's chromium
 and the `playwright` package). Every chapter must load, its figures must decode, its math
 must render (MathJax output, no raw TeX), it must carry no error output, widgets must render
-from saved state, and no request may leave 127.0.0.1. Screenshots go to
+from saved state, no table may run past the text column at 1280 px (it wraps or scrolls in its
+own box: book/_css/eadp.css), and no request may leave 127.0.0.1. Screenshots go to
 artifacts/book-screenshots/.
 """
 
@@ -102,6 +103,20 @@ def test_chapter_renders_offline(server, browser, page_path):
           tracebacks: /Traceback \\(most recent call last\\)/.test(text),
           widgetViews: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
           widgetsRendered: document.querySelectorAll('main .jupyter-widgets, main .widget-inline-hbox, main .lm-Widget').length,
+          // a table wider than the text column must scroll inside its own box (book/_css/eadp.css), not run past it
+          wideTables: (() => {
+            const column = document.querySelector('.bd-article') || document.querySelector('main');
+            const right = column.getBoundingClientRect().right;
+            return [...document.querySelectorAll('main table')].filter(t => {
+              if (t.getBoundingClientRect().right <= right + 1) return false;
+              for (let e = t.parentElement; e && e !== column; e = e.parentElement) {
+                const o = getComputedStyle(e).overflowX;
+                if ((o === 'auto' || o === 'scroll') && e.getBoundingClientRect().right <= right + 1) return false;
+              }
+              return true;
+            }).map(t => t.innerText.slice(0, 40).replace(/\\s+/g, ' '));
+          })(),
+          pageOverflow: document.documentElement.scrollWidth > window.innerWidth,
         };
     }""")
     page.screenshot(path=str(SHOTS / (Path(page_path).stem + ".png")), full_page=True)
@@ -113,5 +128,7 @@ def test_chapter_renders_offline(server, browser, page_path):
     assert not report["broken"], f"{page_path}: figures that did not load {report['broken']}"
     assert report["mathRendered"] >= report["mathSource"] and not report["rawTex"], f"{page_path}: math not rendered"
     assert report["errorOutputs"] == 0 and not report["tracebacks"], f"{page_path}: error output on the page"
+    assert not report["wideTables"], f"{page_path}: tables run past the text column at 1280 px {report['wideTables'][:3]}"
+    assert not report["pageOverflow"], f"{page_path}: the page scrolls sideways at 1280 px"
     if report["widgetViews"]:
         assert report["widgetsRendered"] > 0, f"{page_path}: saved widgets did not render"
