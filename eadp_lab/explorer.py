@@ -54,7 +54,7 @@ from .lab import Lab, method_names
 from .methods import METHODS
 from .methods.settings import ABLATIONS
 
-__all__ = ["Explorer", "KNOBS", "FIELD_KNOBS", "NOT_OFFERED"]
+__all__ = ["FIELD_KNOBS", "KNOBS", "NOT_OFFERED", "Explorer"]
 
 # slider name -> EADPConfig field it sets
 KNOBS = {"alpha": "alpha", "beta": "beta", "keep_ratio": "entropy_keep_ratio", "temperature": "entropy_temperature"}
@@ -143,7 +143,7 @@ class Explorer:
         _, base = lab.settings("eadp")
         style = {"description_width": "90px"}
         layout = widgets.Layout(width="340px")
-        slider = dict(continuous_update=False, style=style, layout=layout)
+        slider = {"continuous_update": False, "style": style, "layout": layout}
         self.controls = {
             "question": widgets.Dropdown(
                 options=[(f"{i}: {_short(r.question.text)}", i) for i, r in enumerate(records)], value=0,
@@ -259,8 +259,9 @@ class Explorer:
 
     def settings(self) -> dict | None:
         """The overrides the controls give the current method: EADP's sliders for the methods with EADP
-        settings (an ablation's own overrides win over them), the method's own widgets for the field's
-        methods; ``None`` for the other methods."""
+        settings (an ablation's own overrides win over them); for the field's methods, the widgets moved
+        away from their defaults (``None`` while none is, so the model family's own defaults apply, e.g.
+        HiPrune's Qwen variant on Qwen2.5-VL); ``None`` for the other methods."""
         if self.uses_knobs():
             values = {field: float(self.controls[name].value) for name, field in KNOBS.items()}
             values.update(ABLATIONS.get(self.method, (None, {}))[1])
@@ -268,11 +269,14 @@ class Explorer:
         fields = self.field_controls.get(self.method)
         if not fields:
             return None
+        defaults = METHODS[self.method].settings()
         values = {}
         for field, name in fields.items():
             value = self.controls[name].value
-            values[field] = _parse_layers(value) if isinstance(value, str) else value
-        return values
+            value = _parse_layers(value) if isinstance(value, str) else value
+            if value != getattr(defaults, field):  # only what was moved: untouched, the family's defaults apply
+                values[field] = value
+        return values or None
 
     def state(self) -> dict:
         """Every control's value, by name."""
@@ -289,7 +293,7 @@ class Explorer:
             self._held = False
         self.update()
 
-    def set(self, **values) -> "Explorer":
+    def set(self, **values) -> Explorer:
         """Set controls by name (``question`` takes a record index; a layer list takes a tuple or
         ``"2, 6, 15"``), then redraw once."""
         unknown = sorted(set(values) - set(self.controls))

@@ -29,9 +29,8 @@ def _heatmap(figure):
 
 def test_controls_and_first_draw(explorer, lab, records):
     from eadp_lab import METHODS
-    from eadp_lab.methods.settings import ABLATIONS
-
     from eadp_lab.explorer import FIELD_KNOBS
+    from eadp_lab.methods.settings import ABLATIONS
 
     own = {f"{m}_{f}" for m, fields in FIELD_KNOBS.items() for f in fields}
     assert set(explorer.controls) == {"question", "method", "budget", "alpha", "beta", "keep_ratio",
@@ -204,3 +203,4 @@ def test_a_refused_setting_keeps_the_figure(field_explorers):
     assert explorer.figure is figure and explorer.redraws == redraws and "cannot run" in explorer.status.value
     explorer.set(pyramiddrop_layers=(8, 16, 24))
     assert explorer.error is None and explorer.result.settings["layers"] == (8, 16, 24)
+    assert explorer.settings() is None  # back at the defaults: nothing overridden
