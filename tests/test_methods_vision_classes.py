@@ -3,6 +3,8 @@ LLaVA-NeXT and NeXT-Video images per AnyRes view, HiPrune's Qwen2.5-VL variant),
 receives, the model restored exactly, and the clear refusals where they do not apply."""
 
 import pytest
+
+from eadp_lab.methods.settings import method_settings
 import torch
 
 import tiny_vlms as T
@@ -338,9 +340,10 @@ def test_hiprune_variant_must_match_the_vision_encoder():
     with pytest.raises(ValueError, match="hiprune on Qwen2_5_VLForConditionalGeneration runs its published Qwen "
                                          "variant: give HiPruneQwenSettings"):
         attach(T.qwen2_5_vl(), "hiprune", budget=4, settings=HiPruneSettings(alpha=0.2), tokenizer=T.tokenizer())
-    # the LLaVA defaults (what the benches hand every family) stand for the published settings: Qwen's there
-    with attach(T.qwen2_5_vl(), "hiprune", budget=4, settings=HiPruneSettings(), tokenizer=T.tokenizer()) as pruner:
+    # without settings, and in what the benches hand the Qwen family, HiPrune is its published Qwen variant
+    with attach(T.qwen2_5_vl(), "hiprune", budget=4, tokenizer=T.tokenizer()) as pruner:
         assert pruner._settings["image"] == HiPruneQwenSettings()
+    assert method_settings("hiprune", "qwen2_5_vl") == ("hiprune", HiPruneQwenSettings())
     with attach(T.qwen2_5_vl(), "hiprune", budget=4, score_order="window", tokenizer=T.tokenizer()) as pruner:
         assert pruner._settings["image"] == HiPruneQwenSettings(score_order="window")
     with pytest.raises(ValueError, match="HiPruneQwenSettings are the Qwen2.5-VL variant's"):

@@ -84,13 +84,16 @@ def with_sign(settings, sign: float | None):
 
 def default_settings(method: str, family: str = "llava", modality: str = "image", sign: float | None = None):
     """A registry method's settings when the caller gives none: EADP's paper-faithful preset of the
-    family, every other method's own defaults (for videos, :data:`BASELINE_VIDEO`); ``sign``
-    replaces the similarity sign."""
+    family, HiPrune's published Qwen variant on Qwen2.5-VL, every other method's own defaults (for
+    videos, :data:`BASELINE_VIDEO`); ``sign`` replaces the similarity sign."""
     from ..config import EADPConfig, preset
     from .base import METHODS
+    from .hiprune import HiPruneQwenSettings
 
     entry = METHODS[method]
-    if entry.settings is EADPConfig:
+    if method == "hiprune" and family == "qwen2_5_vl":
+        settings = HiPruneQwenSettings()
+    elif entry.settings is EADPConfig:
         settings = preset(DEFAULT_PRESETS[(family, modality)], faithful=True)
     else:
         settings = entry.settings(**(BASELINE_VIDEO.get(method, {}) if modality == "video" else {}))

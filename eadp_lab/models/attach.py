@@ -92,34 +92,9 @@ def _settings_by_modality(method, family, settings, overrides, sign=None) -> dic
         if (family, modality) not in DEFAULT_PRESETS:
             continue  # a modality the family never feeds
         given = settings.get(modality) if isinstance(settings, dict) else settings
-        if given is None:
-            chosen = _default_settings(method, family, modality, sign)
-        else:
-            chosen = _published(method, family, given)
+        chosen = default_settings(method, family, modality, sign) if given is None else given
         out[modality] = _checked_for_family(method, family, resolve_settings(method, chosen, overrides))
     return out
-
-
-def _default_settings(method, family, modality, sign):
-    """:func:`~eadp_lab.methods.settings.default_settings`, except HiPrune on Qwen2.5-VL: its published Qwen
-    variant's settings (:class:`~eadp_lab.methods.hiprune.HiPruneQwenSettings`)."""
-    if method == "hiprune" and family == "qwen2_5_vl":
-        from ..methods.hiprune import HiPruneQwenSettings
-
-        return HiPruneQwenSettings()
-    return default_settings(method, family, modality, sign)
-
-
-def _published(method, family, settings):
-    """``settings``, except HiPrune's LLaVA defaults on Qwen2.5-VL: ``HiPruneSettings()`` stands for the
-    published settings (what :func:`~eadp_lab.methods.settings.method_settings` hands the benches), which on
-    Qwen2.5-VL are its Qwen variant's, ``HiPruneQwenSettings()``. Changed LLaVA settings stay (and are refused)."""
-    if method == "hiprune" and family == "qwen2_5_vl":
-        from ..methods.hiprune import HiPruneQwenSettings, HiPruneSettings
-
-        if type(settings) is HiPruneSettings and settings == HiPruneSettings():
-            return HiPruneQwenSettings()
-    return settings
 
 
 def _checked_for_family(method, family, settings):
