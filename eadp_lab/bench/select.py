@@ -83,19 +83,19 @@ def baseline_case(R: int, N: int, D: int = 256, C: int = 128, seed: int = 0) -> 
 
 def timing_frame(rows: list[dict]):
     """The rows of :func:`run` as a table (pandas): the case, the median ms of the published loop and of
-    the fast greedy, the speed-up's median and range over the repeats, the verdict, the torch path's
-    speed-up and whether the picks agree."""
+    the fast greedy, the speed-up's median and range over the repeats (published / fast), the verdict,
+    the torch path's speed-up over the loop and whether the picks agree."""
     import pandas as pd
 
     def cell(spread: dict) -> str:
         return f"{spread['median']:.2f}x ({spread['low']:.2f}-{spread['high']:.2f})"
 
     return pd.DataFrame([{
-        "case (B x N x T)": f"{r['B']} x {r['N']} x {r['T']}", "repeats": r["repeats"],
-        "published loop (ms)": round(r["naive_ms"], 2), "fast greedy (ms)": round(r["fast_ms"], 2),
+        "B x N x T": f"{r['B']} x {r['N']} x {r['T']}", "repeats": r["repeats"],
+        "loop (ms)": round(r["naive_ms"], 2), "fast (ms)": round(r["fast_ms"], 2),
         "speed-up (range)": cell(r["speedup"]), "verdict": r["speedup"]["verdict"],
-        "torch path speed-up (range)": cell(r["torch_path_speedup"]), "same picks": r["identical_picks"],
-    } for r in rows]).set_index("case (B x N x T)")
+        "torch path (range)": cell(r["torch_path_speedup"]), "same picks": r["identical_picks"],
+    } for r in rows]).set_index("B x N x T")
 
 
 # ---------------------------------------------------------------------------------------- greedy and baselines
