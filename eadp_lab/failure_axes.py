@@ -79,6 +79,9 @@ __all__ = [
     "headline",
     "plot_mode",
     "long_run_gaps",
+    "default_point",
+    "mechanism_table",
+    "points_text",
 ]
 
 DEFAULT_BUDGETS = (28, 14)
@@ -536,8 +539,14 @@ def headline(verdict_text: str) -> str:
     return head.split(": ", 1)[1] if ": " in head else head
 
 
+def points_text(difference: float, low: float, high: float) -> str:
+    """A difference of two fractions in percentage points with its 95% interval:
+    ``points_text(0.041, 0.022, 0.06)`` is ``"+4.1 points [+2.2, +6.0]"``."""
+    return f"{100 * difference:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def _effect(row) -> str:
-    return f"{100 * row['difference']:+.1f} points [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
+    return points_text(row["difference"], row["low"], row["high"])
 
 
 def study_glue(report: dict) -> dict:
@@ -546,8 +555,9 @@ def study_glue(report: dict) -> dict:
     (``first``, ``last``): ``setting``, ``context`` (objects, words or tokens per named object),
     ``full`` (unpruned accuracy), ``mech_rule``, ``mech_ablation`` (the mechanism figure of each
     rule) and per budget ``effect_{budget}`` (rule - ablation in points with its 95% interval);
-    ``drop`` (the unpruned accuracy's largest fall along the axis), ``n`` (questions per value);
-    and ``study_seed``, ``study_questions``."""
+    ``drop`` (the unpruned accuracy's largest fall along the axis), ``n`` (questions per value),
+    ``default_mech_rule``, ``default_mech_ablation`` (the mechanism on the default world, when the
+    axis holds it); and ``study_seed``, ``study_questions``."""
     frame = study_frame(report)
     out = {"study_seed": report.get("seed"), "study_questions": report.get("questions")}
     for name, mode in report["modes"].items():
@@ -568,6 +578,11 @@ def study_glue(report: dict) -> dict:
             out[f"{key}_{end}_mech_ablation"] = float(row["mechanism_ablation"])
             for _, r in at.iterrows():
                 out[f"{key}_{end}_effect_{r['budget']}"] = _effect(r)
+        default = default_point(mode)
+        if default is not None:
+            rule, ablation = mode["rules"]
+            out[f"{key}_default_mech_rule"] = default["mechanism"][rule]
+            out[f"{key}_default_mech_ablation"] = default["mechanism"][ablation]
     return out
 
 
@@ -640,8 +655,8 @@ def long_run_gaps(path=None, budget: int = 14, modes: dict | None = None):
     """Each mode's accuracy effect in chapter 04's long run (default :data:`LONG_RUN` in
     :data:`eadp_lab.paths.RESULTS`) at ``budget``, on the default world: a frame indexed by mode
     with ``rule``, ``ablation``, ``difference`` (rule - ablation, paired over the questions),
-    ``low``, ``high`` (95%), ``n``, and each rule's ``reached`` (share of named objects kept by at
-    least one token, as the bench records it). Read by chapter 01."""
+    ``low``, ``high`` (95%), ``n``, and ``reached_rule``, ``reached_ablation`` (the bench's
+    ``named_reached``: the share of questions whose named objects all keep a token). Read by chapter 01."""
     import pandas as pd
 
     from .evaluation import load_results, paired_difference
@@ -660,6 +675,45 @@ def long_run_gaps(path=None, budget: int = 14, modes: dict | None = None):
                      "reached_rule": rows[a, budget].get("named_reached"),
                      "reached_ablation": rows[b, budget].get("named_reached")}
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+MECHANISM_SHORT = {"global_guidance": "top-16 on named objects: filtered dense / global map",
+                   "textual_noise": "top-16 on named objects: filtered dense / every word",
+                   "topk_redundancy": "named objects reached at 14: facility location / Top-K"}
+
+
+def default_point(mode: dict) -> dict | None:
+    """The point of a study's mode (:func:`load_study`) whose world is the default one, or ``None``."""
+    from .world import WorldConfig
+
+    return next((p for p in mode["points"] if axis_config(p["value"]) == WorldConfig()), None)
+
+
+def mechanism_table(report: dict, gaps, budget: int = 14):
+    """Chapter 01's table setting mechanism beside accuracy on the default world, one row per mode:
+    the study's mechanism figure for both rules (``rule / ablation``), the study's accuracy effect at
+    ``budget`` (rule - ablation, points, 95% interval) and the long run's (:func:`long_run_gaps`),
+    with the long run's share of questions whose named objects each rule all reaches (the bench's
+    ``named_reached``). Strings, ready to show."""
+    import pandas as pd
+
+    rows = {}
+    for name, mode in report["modes"].items():
+        p = default_point(mode)
+        if p is None or name not in gaps.index:
+            continue
+        rule, ablation = mode["rules"]
+        m, g, key = p["mechanism"], gaps.loc[name], str(budget)
+        low, high = p["interval"][key]
+        rows[name] = {
+            "ablation": ablation,
+            "mechanism (eadp / ablation)": f"{MECHANISM_SHORT.get(name, 'mechanism')}: "
+                                           f"{100 * m[rule]:.1f}% / {100 * m[ablation]:.1f}%",
+            f"study: effect at {budget}": f"{100 * p['difference'][key]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            f"long run: effect at {budget}": f"{100 * g['difference']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]",
+            f"long run: all named reached at {budget} (eadp / ablation)": f"{100 * g['reached_rule']:.1f}% / "
+                                                                f"{100 * g['reached_ablation']:.1f}%"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")
 
 
 def _csv_modes(text: str) -> list[str]:

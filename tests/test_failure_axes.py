@@ -256,6 +256,10 @@ def test_study_glue_quotes_the_verdicts_and_both_ends(shipped):
     assert values["topk_headline"].startswith("the mode appears")
     assert values["global_first_effect_28"] == "+4.1 points [+2.2, +6.0]"  # the shipped run's figures
     assert values["noise_drop"] == pytest.approx(0.924 - 0.867)
+    # the default world is on every axis: its mechanism is quoted the same in the two guidance modes
+    assert values["global_default_mech_rule"] == values["noise_default_mech_rule"] == values["noise_first_mech_rule"]
+    assert fa.points_text(0.041, 0.0223, 0.0597) == "+4.1 points [+2.2, +6.0]"
+    assert fa.points_text(-0.007, -0.065, 0.05) == "-0.7 points [-6.5, +5.0]"
     assert fa.headline("m: the mode appears along x at budget 28, not at 14. At budget 28, ...") == \
         "the mode appears along x at budget 28, not at 14."
 
@@ -303,3 +307,25 @@ def test_long_run_gaps_pair_the_shipped_accuracy_run():
     assert gaps.loc["topk_redundancy", "difference"] == pytest.approx(0.3345, abs=1e-3)
     assert (gaps.low < gaps.difference).all() and (gaps.difference < gaps.high).all() and (gaps.n == 2000).all()
     assert gaps.loc["topk_redundancy", "reached_ablation"] > gaps.loc["topk_redundancy", "reached_rule"]
+
+
+def test_filter_coverage_counts_the_content_words_the_filter_keeps():
+    import pandas as pd
+
+    from eadp_lab.studies import GUIDANCE_LABELS, FailureStudy
+
+    words = pd.DataFrame([
+        {"record": 0, "token": "red", "group": "content", "kept_by_filter": True},
+        {"record": 0, "token": "star", "group": "content", "kept_by_filter": False},
+        {"record": 0, "token": "the", "group": "function", "kept_by_filter": False},
+        {"record": 0, "token": "?", "group": "punctuation", "kept_by_filter": True},
+        {"record": 1, "token": "the", "group": "function", "kept_by_filter": True},
+        {"record": 1, "token": "cross", "group": "content", "kept_by_filter": False},
+        {"record": 2, "token": "blue", "group": "content", "kept_by_filter": True}])
+    maps = pd.DataFrame([{"record": r, "guidance": g, "top_share": v}
+                         for r, shares in ((0, (0.1, 0.5, 0.25)), (1, (0.2, 0.4, 0.0)), (2, (0.3, 0.6, 0.6)))
+                         for g, v in zip(GUIDANCE_LABELS, shares)])
+    per = FailureStudy(maps, pd.DataFrame(), words).filter_coverage()
+    assert list(per.words) == [4, 2, 1] and list(per.content) == [2, 1, 1] and list(per.kept) == [2, 1, 1]
+    assert list(per.content_kept) == [1, 0, 1] and list(per.keeps_all_content) == [False, False, True]
+    assert list(per.filtered) == [0.25, 0.0, 0.6] and list(per.every_word) == [0.5, 0.4, 0.6]
