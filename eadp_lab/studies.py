@@ -110,6 +110,23 @@ class FailureStudy:
     kept: pd.DataFrame
     words: pd.DataFrame
 
+    def filter_coverage(self) -> pd.DataFrame:
+        """Per question, what the entropy filter kept against the words there are, beside the dense
+        maps' top shares (chapter 01's reading of why the filtered map can lose to averaging every
+        word): ``words``, ``content`` (content words), ``kept`` (words the filter keeps),
+        ``content_kept``, ``keeps_all_content`` (every content word kept), ``filtered`` and
+        ``every_word`` (the two dense maps' ``top_share``), indexed by ``record``."""
+        words = self.words.assign(content=self.words.group == "content")
+        per = words.groupby("record").agg(words=("token", "size"), content=("content", "sum"),
+                                          kept=("kept_by_filter", "sum"))
+        per["content_kept"] = words[words.kept_by_filter].groupby("record").content.sum()
+        per["content_kept"] = per["content_kept"].fillna(0).astype(int)
+        per["keeps_all_content"] = per.content_kept >= per.content
+        shares = self.maps.pivot_table(index="record", columns="guidance", values="top_share")
+        per["filtered"] = shares[GUIDANCE_LABELS[2]]
+        per["every_word"] = shares[GUIDANCE_LABELS[1]]
+        return per
+
 
 def failure_study(lab, records: Sequence, methods: dict, budget: int, budgets: Sequence[int] = (), top_k: int = 16,
                   curve_methods: Sequence[str] = ("topk", "eadp-topk", "eadp", "pool"), progress: bool = True) -> FailureStudy:
