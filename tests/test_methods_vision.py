@@ -94,11 +94,16 @@ def test_split_budget_gives_the_published_pairs():
 
 
 def test_visionzip_settings():
-    assert VisionZipSettings().budget == 64 and VisionZipSettings.from_budget(192) == VisionZipSettings(162, 30)
+    assert VisionZipSettings().budget is None and VisionZipSettings.from_budget(192) == VisionZipSettings(162, 30)
+    assert VisionZipSettings().split(64) == (54, 10) and VisionZipSettings(50, 14).split(64) == (50, 14)
+    with pytest.raises(ValueError, match=r"dominant \+ contextual \(50 \+ 14\) must equal the budget 28"):
+        VisionZipSettings(50, 14).split(28)
+    with pytest.raises(ValueError, match="together, or neither"):
+        VisionZipSettings(dominant=54)
     with pytest.raises(ValueError, match="dominant must be an integer >= 1, got 0"):
-        VisionZipSettings(dominant=0)
+        VisionZipSettings(dominant=0, contextual=10)
     with pytest.raises(ValueError, match="contextual must be an integer >= 1, got 2.0"):
-        VisionZipSettings(contextual=2.0)
+        VisionZipSettings(dominant=54, contextual=2.0)
     with pytest.raises(ValueError, match="at most the 4 patches"):
         VisionZipSettings(3, 3).check_tokens(4)
 

@@ -38,7 +38,8 @@ Where they run (:func:`eadp_lab.attach` refuses the rest, naming the method and 
   (``vision_feature_layer``, -2 on LLaVA) and merges the rest into ``c`` contextual tokens; its
   published LLaVA code feeds the [CLS] token to the projector and counts it among the dominant ones,
   so a budget ``T`` gives ``T`` tokens per view: ``d + c = T``, split by
-  :func:`~eadp_lab.methods.visionzip.split_budget` (64 = 54 + 10 as published). The output tokens
+  :func:`~eadp_lab.methods.visionzip.split_budget` (64 = 54 + 10 as published) unless the
+  settings give their own split (:meth:`~eadp_lab.methods.visionzip.VisionZipSettings.split`). The output tokens
   (CLS, the dominant ones in position order, the contextual ones) take the first ``T`` places of
   the view's row and are projected by the model's own projector; they have no original positions
   (the registry marks it ``keeps_original_positions=False``), so :func:`eadp_lab.attach` refuses
@@ -56,7 +57,7 @@ import torch
 
 from .base import PruneInputs, PruneResult, keep_all, read_layer, register, selection_result
 from .hiprune import HiPruneQwenSettings, HiPruneSettings, hiprune_qwen_select, hiprune_select
-from .visionzip import VisionZipSettings, layer_attention, split_budget, visionzip
+from .visionzip import VisionZipSettings, layer_attention, visionzip
 
 __all__ = ["run_visionzip", "run_hiprune", "vision_layers", "view_to_row", "view_validity", "qwen_received",
            "qwen_block_scores"]
@@ -117,7 +118,7 @@ def run_visionzip(inputs: PruneInputs, vision, budget: int, settings: VisionZipS
     vision = inputs.require_vision("visionzip")  # a [CLS] token
     R, N = inputs.num_rows, inputs.num_tokens
     P = vision.output.shape[1] - 1
-    dominant, contextual = split_budget(budget)
+    dominant, contextual = settings.split(budget)
     layer = vision.read_layer()
     attention = layer_attention(vision.layers[layer], vision.input_of(layer, "visionzip"))
     result = visionzip(attention.attn.float(), vision.output, attention.metric.float(), dominant, contextual)

@@ -71,20 +71,35 @@ class VisionZipSettings:
     """VisionZip's settings, as ``visionzip(model, dominant, contextual)`` takes them.
 
     ``dominant`` counts the CLS token (``dominant - 1`` patches are kept by attention);
-    ``contextual`` merged tokens follow. Defaults: the authors' README, 54 + 10 = 64 tokens per row.
+    ``contextual`` merged tokens follow; they add up to the budget. Both ``None`` (the default):
+    the split of the budget the authors publish (:func:`split_budget`: 54 + 10 at 64 tokens).
     """
 
-    dominant: int = 54  # tokens kept by CLS attention, CLS included (>= 1)
-    contextual: int = 10  # merged tokens (>= 1; the published code divides by it)
+    dominant: int | None = None  # tokens kept by CLS attention, CLS included (>= 1); None: from the budget
+    contextual: int | None = None  # merged tokens (>= 1; the published code divides by it); None: from the budget
 
     def __post_init__(self):
-        check_int("dominant", self.dominant, minimum=1)
-        check_int("contextual", self.contextual, minimum=1)
+        if (self.dominant is None) != (self.contextual is None):
+            raise ValueError("give VisionZip's dominant and contextual together, or neither (the published split "
+                             f"of the budget), got dominant={self.dominant!r}, contextual={self.contextual!r}")
+        if self.dominant is not None:
+            check_int("dominant", self.dominant, minimum=1)
+            check_int("contextual", self.contextual, minimum=1)
 
     @property
-    def budget(self) -> int:
-        """Tokens out per row: ``dominant + contextual``."""
-        return self.dominant + self.contextual
+    def budget(self) -> int | None:
+        """Tokens out per row: ``dominant + contextual`` (``None`` when they come from the budget)."""
+        return None if self.dominant is None else self.dominant + self.contextual
+
+    def split(self, budget: int) -> tuple[int, int]:
+        """``(dominant, contextual)`` at ``budget``: the settings' own, which must add up to it, or
+        :func:`split_budget`'s."""
+        if self.dominant is None:
+            return split_budget(budget)
+        if self.budget != budget:
+            raise ValueError(f"VisionZip's dominant + contextual ({self.dominant} + {self.contextual}) must equal the "
+                             f"budget {budget}; leave both unset for the published split of the budget")
+        return self.dominant, self.contextual
 
     @classmethod
     def from_budget(cls, budget: int) -> VisionZipSettings:
