@@ -677,9 +677,9 @@ def long_run_gaps(path=None, budget: int = 14, modes: dict | None = None):
     return pd.DataFrame.from_dict(out, orient="index")
 
 
-MECHANISM_SHORT = {"global_guidance": "top-16 on named objects: filtered dense / global map",
-                   "textual_noise": "top-16 on named objects: filtered dense / every word",
-                   "topk_redundancy": "named objects reached at 14: facility location / Top-K"}
+MECHANISM_SHORT = {"global_guidance": "top-16 share, filtered / global map",
+                   "textual_noise": "top-16 share, filtered / every word",
+                   "topk_redundancy": "named reached, facility location / Top-K"}
 
 
 def default_point(mode: dict) -> dict | None:
@@ -709,9 +709,9 @@ def mechanism_table(report: dict, gaps, budget: int = 14):
             "ablation": ablation,
             "mechanism (eadp / ablation)": f"{MECHANISM_SHORT.get(name, 'mechanism')}: "
                                            f"{100 * m[rule]:.1f}% / {100 * m[ablation]:.1f}%",
-            f"study: effect at {budget}": f"{100 * p['difference'][key]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
-            f"long run: effect at {budget}": f"{100 * g['difference']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]",
-            f"long run: all named reached at {budget} (eadp / ablation)": f"{100 * g['reached_rule']:.1f}% / "
+            f"study: effect at {budget} (points)": f"{100 * p['difference'][key]:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            f"long run: effect at {budget} (points)": f"{100 * g['difference']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]",
+            "long run: all named reached (eadp / ablation)": f"{100 * g['reached_rule']:.1f}% / "
                                                                 f"{100 * g['reached_ablation']:.1f}%"}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")
 
