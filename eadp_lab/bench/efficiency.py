@@ -544,18 +544,15 @@ def measure_configuration(model, samples: list[dict], method: str, budget: int |
     return row
 
 
-def _paired_ratios(base: list[float], times: list[float]) -> list[float]:
-    """``base[i] / times[i]``: the speed-up of each timed call against the unpruned call made next to it
-    (the same sample in the same round, :func:`measure_all`)."""
-    return [b / t for b, t in zip(base, times) if t > 0]
-
-
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Add ``prefill_speedup``, ``prefill_model_speedup``, ``generate_speedup`` (``t_none / t`` of the
     medians), ``prefill_speedup_low`` / ``_high`` (the smallest and largest speed-up of one timed call
-    against the unpruned call of the same sample and round: the spread a ratio is read with) and
+    against the unpruned call of the same sample and round, :func:`eadp_lab.bench.timing.ratio_spread`:
+    the project's one rule for a timing's spread) and
     ``flops_ratio`` (``FLOPs / FLOPs_none``) to every row, in place; ``ValueError`` naming ``rows``
     without a ``none`` row."""
+    from .timing import ratio_spread
+
     base = next((r for r in rows if r["method"] == "none"), None)
     if base is None:
         raise ValueError("rows must hold a 'none' row (the unpruned baseline)")
@@ -564,9 +561,10 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         r["prefill_model_speedup"] = base["prefill_model_ms"] / r["prefill_model_ms"]
         r["generate_speedup"] = base["generate_ms"] / r["generate_ms"]
         r["flops_ratio"] = r["prefill_flops"] / base["prefill_flops"]
-        paired = _paired_ratios(base.get("prefill_ms_all", []), r.get("prefill_ms_all", []))
-        r["prefill_speedup_low"] = min(paired) if paired else float("nan")
-        r["prefill_speedup_high"] = max(paired) if paired else float("nan")
+        calls = (base.get("prefill_ms_all") or [], r.get("prefill_ms_all") or [])
+        spread = ratio_spread(*calls) if calls[0] and len(calls[0]) == len(calls[1]) else None
+        r["prefill_speedup_low"] = spread["low"] if spread else float("nan")
+        r["prefill_speedup_high"] = spread["high"] if spread else float("nan")
     return rows
 
 
