@@ -329,3 +329,11 @@ def test_filter_coverage_counts_the_content_words_the_filter_keeps():
     assert list(per.words) == [4, 2, 1] and list(per.content) == [2, 1, 1] and list(per.kept) == [2, 1, 1]
     assert list(per.content_kept) == [1, 0, 1] and list(per.keeps_all_content) == [False, False, True]
     assert list(per.filtered) == [0.25, 0.0, 0.6] and list(per.every_word) == [0.5, 0.4, 0.6]
+
+
+def test_mechanism_table_sets_each_mode_beside_its_accuracy(shipped):
+    table = fa.mechanism_table(shipped, fa.long_run_gaps(budget=14))
+    assert list(table.index) == list(fa.MODES) and list(table.ablation) == ["eadp-global", "eadp-noentropy", "eadp-topk"]
+    assert table.loc["topk_redundancy", "mechanism (eadp / ablation)"].endswith("72.4% / 84.2%")
+    assert table.loc["global_guidance", "long run: effect at 14 (points)"] == "+4.2 [+2.6, +5.9]"
+    assert fa.default_point(shipped["modes"]["global_guidance"])["value"] == {"n_objects": [3, 7]}
