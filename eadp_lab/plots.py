@@ -124,7 +124,7 @@ def kept_overlay(image, keep_mask, grid: tuple[int, int], ax=None, title: str | 
 
 
 def token_bars(tokens: list[str], values, kept=None, ax=None, ylabel: str = "spatial entropy (nats)",
-               title: str | None = None, floor: float = 0.015):
+               title: str | None = None, floor: float = 0.03):
     """One bar per text token (e.g. its spatial entropy), the tokens the filter kept in colour.
 
     A value of (about) zero would draw no bar and hide its colour, yet a zero entropy is the most
