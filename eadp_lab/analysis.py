@@ -85,6 +85,8 @@ def objects_reached(keep_mask: torch.Tensor, object_masks: torch.Tensor) -> torc
 # ---------------------------------------------------------------------------------------------
 
 __all__ += [
+    "tight_instance",
+    "direction",
     "greedy_guarantee",
     "random_facility_instances",
     "brute_force_optima",
@@ -113,6 +115,38 @@ def greedy_guarantee(budget: int) -> float:
     """
     T = check_budget(budget)
     return 1.0 - (1.0 - 1.0 / T) ** T
+
+
+def tight_instance(budget: int, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy's worst case for ``T = budget`` picks (maximum coverage as facility location):
+    ``(r (1, N), K (1, N, N))`` with ``N = 2T + T(T + 1)``, where greedy's coverage over the
+    optimum's approaches :func:`greedy_guarantee` as ``eps`` goes to 0.
+
+    Tokens ``0..T-1`` are greedy's picks ``G_1..G_T`` and ``T..2T-1`` the optimum's ``O_1..O_T``
+    (both weightless, except that ``G_i`` covers itself with weight ``eps``, which breaks greedy's
+    ties towards them); then ``T x (T + 1)`` weighted tokens: ``O_j`` covers its ``T + 1`` parts;
+    part ``i < T`` of every ``O_j`` weighs ``(1/T)(1/T)(1 - 1/T)^i`` and is covered by ``G_(i+1)``
+    too; the last part weighs ``(1/T)(1 - 1/T)^T``. ``K`` is 0/1 (who covers whom, the identity on
+    the diagonal)."""
+    T = check_budget(budget)
+    N = 2 * T + T * (T + 1)
+    r, K = torch.zeros(N), torch.eye(N)
+    for j in range(T):
+        for i in range(T + 1):
+            e = 2 * T + j * (T + 1) + i
+            r[e] = (1 / T) * ((1 / T) * (1 - 1 / T) ** i if i < T else (1 - 1 / T) ** T)
+            K[T + j, e] = 1.0
+            if i < T:
+                K[i, e] = 1.0
+    r[:T] = eps
+    return r[None], K[None]
+
+
+def direction(values) -> str:
+    """``"grows"`` when every step of ``values`` is up, ``"falls"`` when every step is down, else
+    ``"goes up and down"``."""
+    steps = [b - a for a, b in zip(values, values[1:])]
+    return "grows" if all(s > 0 for s in steps) else "falls" if all(s < 0 for s in steps) else "goes up and down"
 
 
 def random_facility_instances(

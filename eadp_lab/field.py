@@ -224,9 +224,14 @@ def comparison_figures(table) -> dict:
     and EADP's rank among the methods shown), ``field_budgets`` (the lab budgets and the paper
     budgets they stand beside, a sentence), and the rank agreement of the lab with Table 1 at each
     paired budget over the methods both report (``field_rank_agreement``: Spearman's rho and its
-    permutation p per budget, a sentence; :func:`eadp_lab.studies.rank_correlation`)."""
+    permutation p per budget, a sentence; :func:`eadp_lab.studies.rank_correlation`). ``table``
+    ``None`` (no long run): every key, the lab budgets 64/28/14 assumed, "not measured"."""
     from .studies import rank_correlation
 
+    if table is None:
+        out = {f"field_{k}_{i}": "not measured" for k in ("best", "eadp_rank") for i in range(3)}
+        return out | {"field_questions": 0, "field_unpruned": math.nan, "field_budgets": "not measured",
+                      "field_rank_agreement": "not measured"}
     labs = [c for c in table.columns if c.startswith("lab ")]
     papers = [c for c in table.columns if c.startswith("paper ")]
     out = {"field_questions": int(table.attrs.get("questions", 0)), "field_unpruned": float(table.attrs["unpruned"]),

@@ -12,7 +12,7 @@ from .field import where
 from .studies import rank_correlation
 
 __all__ = ["method_frame", "selection_correlations", "rival_gap", "rival_sentence", "run_budgets", "correlation_table",
-           "spread_panels"]
+           "spread_panels", "long_runs"]
 
 MEASURES = ("named_reached", "named_recall", "kept_nearest")
 
@@ -118,3 +118,13 @@ def spread_panels(frames: dict):
     axes[0][0].set_ylabel("accuracy (%)")
     fig.tight_layout()
     return fig
+
+
+def long_runs(model, pattern: str = "accuracy-*.json") -> list:
+    """``(path, report)`` of the shipped long runs of ``model`` (:func:`eadp_lab.evaluation.results.results_for`)
+    that renumber the kept tokens (``attach``'s default) and hold ``eadp``: the runs chapters 04 and 07 read."""
+    from .evaluation.results import results_for
+
+    matching, _ = results_for(model, pattern)
+    return [(p, rep) for p, rep in matching if (rep.get("positions") or "renumber") == "renumber"
+            and "eadp" in {r["method"] for r in _result_rows(rep)}]

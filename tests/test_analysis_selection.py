@@ -216,3 +216,23 @@ def test_coverage_curves_with_labelled_settings():
     # Top-K on the same importance: the full budget keeps every token, as greedy does
     assert torch.allclose(curves["greedy"][:, -1], curves["topk"][:, -1])
     assert bool((curves["greedy"][:, 0] >= curves["topk"][:, 0] - 1e-9).all())
+
+
+def test_tight_instance_brings_greedy_down_to_its_guarantee():
+    """Greedy's worst case: coverage over the brute-force optimum close to 1 - (1 - 1/T)^T."""
+    from eadp_lab import analysis, select
+
+    for T in (2, 3):
+        r, K = analysis.tight_instance(T)
+        assert r.shape == (1, 2 * T + T * (T + 1)) and K.shape == (1, r.shape[1], r.shape[1])
+        picks = select.facility_location(r, T, similarity=K)[0]
+        assert sorted(picks.tolist()) == list(range(T))  # greedy takes the G tokens
+        ratio = select.coverage(r, K, picks[None]).item() / analysis.brute_force_optimum(r[0], K[0], T)[0]
+        assert abs(ratio - analysis.greedy_guarantee(T)) < 1e-3
+
+
+def test_direction_of_a_sequence():
+    from eadp_lab.analysis import direction
+
+    assert direction([1, 2, 5]) == "grows" and direction([3, 2, 1]) == "falls"
+    assert direction([1, 3, 2]) == "goes up and down"

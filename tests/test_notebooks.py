@@ -58,14 +58,23 @@ def test_no_algorithm_code_in_notebooks(path):
 
 def _figure_keys(code: str) -> list[str]:
     """Names glued from a package function's dict (``for key, value in accuracy.long_run_figures(run).items():
-    glue(key, value)``): the function's keys, which it returns in full when given no run (``None``)."""
+    glue(key, value)``): the function's keys, which it returns in full when given no run (``None``). The
+    function is looked up in the module the code calls it from (``field.comparison_figures``: eadp_lab.field,
+    ``accuracy.``: eadp_lab.bench.accuracy), else in eadp_lab.evaluation."""
+    import importlib
     import inspect
 
-    from eadp_lab import evaluation
-
     keys = []
-    for name in sorted(set(re.findall(r"\b(\w+_figures)\(", code))):
-        f = getattr(evaluation, name)
+    for module, name in sorted(set(re.findall(r"\b(?:(\w+)\.)?(\w+_figures)\(", code))):
+        f = None
+        for where in ([f"eadp_lab.{module}", f"eadp_lab.bench.{module}"] if module else []) + ["eadp_lab.evaluation"]:
+            try:
+                f = getattr(importlib.import_module(where), name, None)
+            except ImportError:
+                continue
+            if f is not None:
+                break
+        assert f is not None, f"{name} is in no module the chapter can mean"
         required = sum(p.default is inspect.Parameter.empty for p in inspect.signature(f).parameters.values())
         keys += list(f(*[None] * required))
     return keys
