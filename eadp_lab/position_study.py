@@ -18,6 +18,23 @@ from .evaluation.results import _pruned_frames, _result_rows, per_type_frame, po
 from .evaluation.scores import Z95, first_word, paired_difference, score_hits
 
 
+def matched(renumbered, original) -> tuple[dict, dict]:
+    """Two runs that differ only in ``--positions``, each cut to the configurations (method, budget) both
+    hold, as reports (the other fields kept): a renumbered run extended later with methods that cannot
+    run at original positions (VisionZip's merged tokens have none) or were not run there still
+    compares with its original-positions twin on what both ran."""
+    def keyed(report):
+        return {(r["method"], int(r["budget"])) for r in _result_rows(report)}
+
+    both = keyed(renumbered) & keyed(original)
+
+    def cut(report):
+        base = report if isinstance(report, dict) else {}
+        return dict(base, results=[r for r in _result_rows(report) if (r["method"], int(r["budget"])) in both])
+
+    return cut(renumbered), cut(original)
+
+
 def positions_gap(renumbered, original):
     """Accuracy with the kept tokens renumbered minus accuracy at their original positions, per
     method (rows) and budget (columns), as a ``pandas.DataFrame`` (fractions; ``none`` dropped).

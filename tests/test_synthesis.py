@@ -82,3 +82,18 @@ def test_selection_correlations_leave_out_the_methods_inside_the_language_model(
     corr = synthesis.selection_correlations(frame)
     assert corr["kept_nearest"]["n"] == 2  # eadp and cdpruner; fastv is in the decoder
     assert set(synthesis.correlation_table({14: frame}).columns.get_level_values(0)) == {"rho", "p"}
+
+
+def test_matched_cuts_two_position_runs_to_what_both_ran():
+    """A renumbered run extended with methods that have no original-positions twin (VisionZip cannot
+    run there) still compares with its twin on the configurations both hold."""
+    from eadp_lab.evaluation import matched, positions_gap
+
+    renumbered = dict(_run(HITS), seed=1)
+    original = _run({k: v for k, v in HITS.items() if k[0] != "fastv"})
+    with pytest.raises(ValueError, match="same methods"):
+        positions_gap(renumbered, original)
+    a, b = matched(renumbered, original)
+    assert a["seed"] == 1 and {r["method"] for r in a["results"]} == {"none", "eadp", "cdpruner", "eadp-topk"}
+    assert len(a["results"]) == len(b["results"]) == 6
+    assert (positions_gap(a, b).to_numpy() == 0).all()

@@ -65,7 +65,7 @@ from ..evaluation import (DTYPES, LAB_CLIP, LAB_LLAVA, LAB_SOURCE, ROOT, Answers
                           lab_questions, load, load_results, long_run_figures, markdown_table, max_standard_error,
                           model_id_of, named_kept, per_type_frame, prompt_for, read_answers, report_questions,
                           results_for, results_frame, run_summary, score_hits)
-from ..position_study import (answer_split, pool_runs, positions_figures, positions_gap,  # noqa: F401
+from ..position_study import (answer_split, matched, pool_runs, positions_figures, positions_gap,  # noqa: F401
                               positions_type_gap, records_spacing, replication_figures, spacing_correlations,
                               spacing_figures, spacing_frame, type_gap_figures)
 from ..methods.settings import ABLATIONS, DEFAULT_METHODS, clip_similarity_sign, method_settings  # noqa: F401
@@ -75,7 +75,7 @@ __all__ = ["ABLATIONS", "DEFAULT_METHODS", "MAX_NEW_TOKENS", "Question", "Questi
            "answers_path", "read_answers", "run", "main", "load_results", "results_frame", "per_type_frame",
            "markdown_table", "scoring_notice", "blind_baseline", "against_best", "long_run_figures", "positions_figures", "against_chance", "answer_kind", "run_summary", "score_hits",
            "max_standard_error", "report_questions", "spacing_rows", "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures",
-           "positions_type_gap", "answer_split", "type_gap_figures", "pool_runs", "replication_figures"]
+           "positions_type_gap", "answer_split", "type_gap_figures", "pool_runs", "replication_figures", "matched"]
 
 DEFAULT_BUDGETS = (256, 64, 28, 14)
 # Generated tokens per answer: lab questions score the first word; benchmark files get whole answers (LLaVA's 128).

@@ -17,7 +17,7 @@ Chapter 04's position and spacing analyses live with the other studies, in
 :mod:`eadp_lab.bench.accuracy`, :mod:`eadp_lab.labmodels.train` and :class:`eadp_lab.lab.Lab`.
 """
 
-from ..position_study import (SPACING, answer_split, pool_runs, positions_figures, positions_gap,
+from ..position_study import (SPACING, answer_split, matched, pool_runs, positions_figures, positions_gap,
                               positions_intervals, positions_type_gap, records_spacing, replication_figures,
                               spacing_correlations, spacing_figures, spacing_frame, type_gap_figures)
 from .answers import (AnswersFileError, answer_id, answer_record, answers_path, check_answers,
@@ -39,7 +39,7 @@ __all__ = ["LAB_LLAVA", "LAB_CLIP", "DTYPES", "ROOT", "Z95", "Question", "Questi
            "answers_path", "answer_id", "answer_record", "read_answers", "check_answers", "open_answers", "run_record",
            "model_id_of", "score_answers", "answer_hits", "paired_difference", "score_hits", "load_results",
            "results_for", "results_frame", "markdown_table", "per_type_frame", "positions_gap", "positions_intervals",
-           "against_best", "long_run_figures", "positions_figures", "pool_runs", "replication_figures", "SPACING",
+           "against_best", "long_run_figures", "positions_figures", "pool_runs", "matched", "replication_figures", "SPACING",
            "records_spacing", "spacing_frame", "spacing_correlations", "spacing_figures", "positions_type_gap",
            "answer_split", "type_gap_figures", "max_standard_error", "blind_baseline", "against_chance",
            "answer_kind", "run_summary"]

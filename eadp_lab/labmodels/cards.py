@@ -259,8 +259,9 @@ def _gap_table(gap) -> str:
 def replication_part(first: tuple, second: tuple) -> list[str]:
     """The card's lines on a second sample of questions: ``first`` and ``second`` are the
     ``(renumbered, original)`` reports of two seeds (:func:`eadp_lab.evaluation.replication_figures`)."""
-    from ..position_study import positions_gap, replication_figures
+    from ..position_study import matched, positions_gap, replication_figures
 
+    first, second = matched(*first), matched(*second)  # what both positions ran (VisionZip has no original ones)
     f = replication_figures(first, second)
     commands = "; ".join(f"`{r.get('command', '').strip()}`" for r in second)
     return ["", "### The same two runs on a second sample of questions", "",
@@ -277,7 +278,8 @@ def pruning_section(renumbered: dict | None, original: dict | None, replicate: t
     """The card's "under pruning" section from the accuracy bench's two reports (either may be missing);
     ``replicate``: the same two runs on other questions, ``(renumbered, original)``, or ``None``."""
     from ..evaluation import markdown_table, report_questions, results_frame
-    from ..position_study import (answer_split, positions_figures, positions_gap, positions_type_gap, records_spacing,
+    from ..position_study import (answer_split, matched, positions_figures, positions_gap, positions_type_gap,
+                                  records_spacing,
                                   spacing_correlations, spacing_figures, spacing_frame, type_gap_figures)
 
     if renumbered is None and original is None:
@@ -301,6 +303,7 @@ def pruning_section(renumbered: dict | None, original: dict | None, replicate: t
                   "Best accuracy per budget: " + ", ".join(f"{b} tokens: `{m}` ({100 * frame.loc[m, b]:.1f})"
                                                            for b, m in best.items()) + ". " + _noise(report)]
     if renumbered is not None and original is not None:
+        renumbered, original = matched(renumbered, original)  # the methods both runs hold
         gap = positions_gap(renumbered, original)
         worst = gap.abs().stack().idxmax()
         figures = positions_figures(renumbered, original)  # the chapters' figures of the same two runs
@@ -320,7 +323,7 @@ def pruning_section(renumbered: dict | None, original: dict | None, replicate: t
                       f"{spread['spacing_verdict']}. {spread['spacing_contrast']}. The reading this supports, without "
                       f"proving it (ten methods, and spread goes with other properties of a method): renumbering maps "
                       f"an evenly spread selection onto something like the squeezed image this model was trained on, "
-                      f"and a clustered one onto a layout it never saw. Chapter 04 plots it."]
+                      f"and a clustered one onto a layout it never saw. The appendix on position ids plots it."]
         questions = report_questions(renumbered) if all(
             r.get("hits") for report in (renumbered, original) for r in report["results"] if r["method"] != "none") else None
         split = (answer_split(renumbered, original, questions)
@@ -330,7 +333,7 @@ def pruning_section(renumbered: dict | None, original: dict | None, replicate: t
                   f"{kinds['type_gap_fall']}."
                   + (f" Split by answer (the same kept tokens in both runs), the `exist` questions change by "
                      f"{kinds['type_gap_split']}." if split is not None else "")
-                  + " Chapter 04 draws it per method and budget and discusses what it says about how this model "
+                  + " The appendix on position ids draws it per method and budget and discusses what it says about how this model "
                     "reads positions."]
         if replicate is not None and all(r is not None for r in replicate):
             parts += replication_part((renumbered, original), replicate)
