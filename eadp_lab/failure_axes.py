@@ -82,6 +82,10 @@ __all__ = [
     "default_point",
     "mechanism_table",
     "points_text",
+    "SECOND",
+    "shipped",
+    "seed_table",
+    "same_verdicts",
 ]
 
 DEFAULT_BUDGETS = (28, 14)
@@ -715,6 +719,50 @@ def mechanism_table(report: dict, gaps, budget: int = 14):
                                                                 f"{100 * g['reached_ablation']:.1f}%"}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")
 
+
+SECOND = "failure-axes-9001.json"  # a second seed of the shipped study, in RESULTS
+
+
+def shipped(name: str = SHIPPED) -> Path:
+    """The path of a shipped result file (:data:`eadp_lab.paths.RESULTS` / ``name``)."""
+    from .paths import RESULTS
+
+    return RESULTS / name
+
+
+def seed_table(reports: Sequence[dict]):
+    """Runs of the study on different seeds side by side (chapter 01): one row per mode and seed
+    with the verdict's headline (:func:`headline`) and, per budget, the accuracy effect at the two
+    ends of the axis (``first -> last``, points with 95% intervals). Strings, ready to show.
+    :func:`same_verdicts` says whether the runs agree."""
+    import pandas as pd
+
+    rows = []
+    for report in reports:
+        values = study_glue(report)
+        for name, mode in report["modes"].items():
+            key = SHORT.get(name, name)
+            row = {"mode": name, "seed": report.get("seed"), "verdict": values[f"{key}_headline"]}
+            for budget in sorted(mode["points"][0]["difference"], key=int, reverse=True):
+                ends = (values[f"{key}_{end}_effect_{budget}"].replace(" points", "") for end in ("first", "last"))
+                row[f"{budget} tokens, first -> last value (points)"] = " -> ".join(ends)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["mode", "seed"]).sort_index(level=0, sort_remaining=False)
+
+
+
+def same_verdicts(reports: Sequence[dict]) -> dict:
+    """``{mode: True/False}``: whether every run of ``reports`` reaches the same answer for the mode
+    (it appears, at the same budgets, or it does not)."""
+    import re
+
+    def answer(text):
+        head = headline(text)
+        return re.match(r"the mode appears along .*? at (budgets? [\d, ]+)", head).group(1) \
+            if head.startswith("the mode appears") else "no"
+
+    names = set.intersection(*(set(r["modes"]) for r in reports))
+    return {n: len({answer(r["modes"][n]["verdict"]) for r in reports}) == 1 for n in sorted(names, key=list(MODES).index)}
 
 def _csv_modes(text: str) -> list[str]:
     names = [x.strip() for x in text.split(",") if x.strip()]

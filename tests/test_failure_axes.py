@@ -337,3 +337,18 @@ def test_mechanism_table_sets_each_mode_beside_its_accuracy(shipped):
     assert table.loc["topk_redundancy", "mechanism (eadp / ablation)"].endswith("72.4% / 84.2%")
     assert table.loc["global_guidance", "long run: effect at 14 (points)"] == "+4.2 [+2.6, +5.9]"
     assert fa.default_point(shipped["modes"]["global_guidance"])["value"] == {"n_objects": [3, 7]}
+
+
+def test_a_second_seed_is_shipped_and_shown_beside_the_first(shipped):
+    second = fa.load_study(fa.shipped(fa.SECOND))
+    assert (second["seed"], second["questions"]) == (9001, 1000) and set(second["modes"]) == set(fa.MODES)
+    table = fa.seed_table([shipped, second])
+    assert len(table) == 6 and list(table.index.get_level_values(0)[:2]) == ["global_guidance"] * 2
+    assert list(table.loc["global_guidance"].index) == [4242, 9001]
+    assert table.loc[("topk_redundancy", 4242), "verdict"].startswith("the mode appears")
+    assert table.loc[("global_guidance", 4242), "28 tokens, first -> last value (points)"] == \
+        "+4.1 [+2.2, +6.0] -> +2.1 [+0.1, +4.1]"
+    assert fa.same_verdicts([shipped, second]) == {name: True for name in fa.MODES}
+    flipped = json.loads(json.dumps(second))
+    flipped["modes"]["topk_redundancy"]["verdict"] = "topk_redundancy: the mode appears along x at budgets 28, 14. At budget 28"
+    assert fa.same_verdicts([shipped, flipped])["topk_redundancy"] is False
