@@ -49,6 +49,8 @@ def paired_gap(frame: pd.DataFrame, column: str, value: str, a: str, b: str, ind
     (a against b) when the 95% interval excludes 0, else "no clear difference"}``. This is the
     book's one definition of a *clear* difference. Booleans count as 0/1.
     """
+    if a == b:
+        raise ValueError(f"a and b must be two different {column} labels, got {a!r} twice")
     wide = frame[frame[column].isin([a, b])].pivot_table(index=index, columns=column, values=value, aggfunc="mean")
     if a not in wide or b not in wide:
         raise ValueError(f"{column} has no rows for {a!r} and {b!r}")
@@ -208,7 +210,8 @@ class EntropyStudy:
         """What the keep ratio does to EADP's kept tokens under one ``aggregation`` (paper mask).
 
         Returns ``{"recall": Series (mean object recall per rho), "span": largest minus smallest
-        mean recall, "low_rho", "high_rho": the keep ratios of the smallest and largest mean recall,
+        mean recall, "low_rho", "high_rho": the keep ratios of the smallest and largest mean recall
+        (the smallest and largest keep ratio when every ratio gives the same recall),
         "gap": paired_gap of the recall at ``high_rho`` against ``low_rho`` (its 95% interval),
         "changed": questions whose recall differs between any two keep ratios, "n": questions}``.
         """
@@ -219,6 +222,8 @@ class EntropyStudy:
         wide = rows.pivot_table(index="record", columns="rho", values="recall")
         recall = wide.mean()
         low, high = float(recall.idxmin()), float(recall.idxmax())
+        if low == high:  # the same recall at every keep ratio: compare the two ends of the range
+            low, high = float(recall.index.min()), float(recall.index.max())
         labelled = rows.assign(rho=rows.rho.map("{:g}".format))
         gap = paired_gap(labelled, "rho", "recall", f"{high:g}", f"{low:g}")
         return {"recall": recall, "span": float(recall.max() - recall.min()), "low_rho": low, "high_rho": high,

@@ -41,3 +41,22 @@ def test_rho_effect_reads_the_kept_sets_of_one_aggregation(study):
     assert effect["gap"]["low"] <= effect["gap"]["gap"] <= effect["gap"]["high"]
     with pytest.raises(ValueError, match="no kept sets"):
         s.rho_effect("top_k", config.similarity_sign)  # the study measures the preset's and the mean only
+
+
+def test_rho_effect_with_the_same_recall_at_every_keep_ratio_compares_the_ends(study):
+    """A sample too small to move the recall (the chapter's smoke size) still gives a paired gap: the
+    two ends of the keep-ratio range, level."""
+    import dataclasses
+
+    _, _, config, s = study
+    flat = s.kept.assign(recall=0.5)
+    effect = dataclasses.replace(s, kept=flat).rho_effect(config.aggregation, config.similarity_sign)
+    assert (effect["low_rho"], effect["high_rho"]) == (0.1, 1.0) and effect["span"] == 0
+    assert effect["gap"]["gap"] == 0 and effect["gap"]["verdict"] == "no clear difference"
+
+
+def test_paired_gap_refuses_one_label_twice():
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="two different rho labels"):
+        studies.paired_gap(pd.DataFrame({"record": [0], "rho": ["1"], "recall": [1.0]}), "rho", "recall", "1", "1")
