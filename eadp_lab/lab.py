@@ -264,6 +264,26 @@ class Lab:
         return attach(self.model, method, budget=budget, scoring=self.scoring, settings=settings, clip=self.clip,
                       clip_tokenizer=self.clip_tokenizer, tokenizer=self.processor.tokenizer)
 
+    def applicable(self, names, budget: int) -> tuple[list[str], dict[str, str]]:
+        """``(runs, refused)``: the methods of ``names`` (registry names or ablations; ``"none"`` always
+        runs) that attach to this model at ``budget``, in order, and ``{name: the one-line reason}`` of
+        those :func:`eadp_lab.attach` refuses (VisionZip on a tower without [CLS], PyramidDrop's stages
+        on a model too shallow to keep them apart, ...). Nothing runs: each is attached and removed."""
+        runs, refused = [], {}
+        for name in names:
+            if name == "none":
+                runs.append(name)
+                continue
+            registry, settings = self.settings(name)
+            try:
+                with self._attach(registry, check_budget(budget), settings):
+                    pass
+            except ValueError as exc:
+                refused[name] = str(exc)
+                continue
+            runs.append(name)
+        return runs, refused
+
     def _encode(self, image, question: str):
         return to_model(self.processor(images=[image], text=[prompt_for(self.processor, question)],
                                        return_tensors="pt", padding=True), self.model)

@@ -154,3 +154,14 @@ def test_a_clip_that_is_not_the_model_tower_is_refused(lab):
         Lab(lab.model, lab.processor, build_clip(seed=123), lab.clip_tokenizer)
     with pytest.raises(ValueError, match="clip"):
         Lab(lab.model, lab.processor, scoring="clip")
+
+
+def test_applicable_lists_the_methods_a_model_takes_and_why_the_others_are_refused(lab):
+    import tiny_vlms as T
+    from eadp_lab.lab import Lab
+
+    runs, refused = lab.applicable(["none", "eadp", "visionzip", "pyramiddrop"], 28)
+    assert runs == ["none", "eadp", "visionzip", "pyramiddrop"] and refused == {}
+    shallow = Lab(T.llava(text_layers=2), lab.processor, None, None, scoring="llm")
+    runs, refused = shallow.applicable(["none", "fastv", "pyramiddrop"], 4)
+    assert runs == ["none", "fastv"] and "fall on (1, 1, 1) in a 2-layer model" in refused["pyramiddrop"]
