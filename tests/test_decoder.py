@@ -61,6 +61,22 @@ def test_the_layers_after_the_last_drop_see_the_text_and_the_kept_visual_tokens(
     assert record.length_after == lengths["last"][1]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fraction_budget_keeps_what_every_method_keeps_per_row(models, family):
+    """A fraction budget is one rule for every method (Pruner._budget): round(fraction x the largest row)
+    tokens per row, at most the item's tokens; FastV keeps exactly that."""
+    model = models[family]
+    inputs = _inputs(family, model)
+    with torch.no_grad(), eadp_lab.attach(model, "fastv", budget=0.3, tokenizer=T.tokenizer()) as pruner:
+        model(**inputs)
+        record = pruner.last
+    for b in {item.sample for item in record.items}:
+        items = [i for i in record.items if i.sample == b]
+        want = sum(min(i.tokens_before, max(1, round(0.3 * max(int(r.numel()) for r in i.layout.rows)))
+                       * len(i.layout.rows)) for i in items)
+        assert sum(i.tokens_after for i in items) == want
+
+
 @pytest.mark.parametrize("method", IN_LLM)
 def test_a_padded_batch_generates_what_each_sample_generates_alone(method):
     model = T.llava(text_layers=4)

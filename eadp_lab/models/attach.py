@@ -526,7 +526,8 @@ class Pruner:
 
     def _prefill_llm(self, kwargs):
         """An in-LLM method's prefill: the prompt goes to the language model whole; the decoder hooks prune
-        (each sample keeps its items' budgets: tokens per row, as the other methods, or a fraction)."""
+        (each sample keeps its items' budgets: :meth:`_budget` tokens per row, the rule every method follows,
+        at most the item's tokens)."""
         ids = kwargs["input_ids"]
         mm = self._encode(kwargs)
         keep = [0] * ids.shape[0]
@@ -536,10 +537,7 @@ class Pruner:
             for feats, layout, where in zip(items, layouts, wheres):
                 visual[where[:, 0], where[:, 1]] = True
                 n = len(feats)
-                if isinstance(self.budget, float):
-                    keep[layout.sample] += max(1, round(self.budget * n))
-                else:
-                    keep[layout.sample] += min(n, int(self.budget) * len(layout.rows))
+                keep[layout.sample] += min(n, self._budget(layout) * len(layout.rows))  # the other methods' rule
                 record.items.append(ItemRecord(modality, layout.sample, None, n, n, torch.arange(n), None, layout,
                                                [], columns=where[:, 1].cpu()))
         self.decoder.plan.begin(keep)
