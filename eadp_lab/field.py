@@ -19,8 +19,9 @@ import math
 
 import torch
 
-from .evaluation.results import _result_rows, pool_runs, results_frame
+from .evaluation.results import _result_rows, pooled, results_frame
 from .methods.base import METHODS
+from .methods.settings import ABLATIONS
 
 __all__ = ["PAPER_TABLE1", "PAPER_UNPRUNED", "PAPER_TOKENS", "PAPER_SOURCE", "WHERE", "where", "paper_budget",
            "comparison_table", "comparison_figures", "compute_frame", "compute_sentence", "compute_panel", "visionzip_panel",
@@ -48,7 +49,7 @@ WHERE = {"projector": "projector output", "vision": "vision encoder", "llm": "de
 
 def where(method: str) -> str:
     """Where ``method`` (a registry name or an ablation ``eadp-*``) prunes: :data:`WHERE` of its stage."""
-    base = method.split("-")[0] if method not in METHODS else method
+    base = ABLATIONS.get(method, (method, {}))[0]
     return WHERE[METHODS[base].stage] if base in METHODS else "-"
 
 
@@ -78,7 +79,7 @@ def comparison_table(*reports, methods=None):
     """
     import pandas as pd
 
-    report = pool_runs(*reports) if len(reports) > 1 else {"results": _result_rows(reports[0])}
+    report = pooled(*reports)
     frame = results_frame(report)
     if "none" not in frame.index:
         raise ValueError("the reports need a 'none' row (the model with every token) to give shares of it")
@@ -86,7 +87,7 @@ def comparison_table(*reports, methods=None):
     unpruned = float(frame.loc["none", tokens])
     budgets = [b for b in frame.columns if b != tokens and frame[b].notna().any()]
     if methods is None:
-        methods = [m for m in frame.index if m != "none" and not m.startswith("eadp-")]
+        methods = [m for m in frame.index if m != "none" and m not in ABLATIONS]
         methods = sorted(methods, key=lambda m: -frame.loc[m, min(budgets)])
     table = pd.DataFrame(index=pd.Index(list(methods), name="method"))
     table["where"] = [where(m) for m in methods]

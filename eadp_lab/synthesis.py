@@ -6,9 +6,10 @@ Everything here reads ``bench accuracy`` reports (the long runs); nothing runs a
 
 from __future__ import annotations
 
-from .evaluation.results import _result_rows, pool_runs
+from .evaluation.results import _result_rows, pooled
 from .evaluation.scores import Z95, paired_difference
 from .field import where
+from .methods.settings import ABLATIONS
 from .studies import rank_correlation
 
 __all__ = ["method_frame", "selection_correlations", "rival_gap", "rival_sentence", "run_budgets", "correlation_table",
@@ -17,29 +18,31 @@ __all__ = ["method_frame", "selection_correlations", "rival_gap", "rival_sentenc
 MEASURES = ("named_reached", "named_recall", "kept_nearest")
 
 
-def method_frame(*reports, budget: int, ablations: bool = False):
+def method_frame(*reports, budget: int):
     """One row per method at ``budget`` over the runs given (the same methods on different questions):
     ``where`` (:func:`eadp_lab.field.where`), ``accuracy`` (pooled over the runs' questions,
     :func:`pool_runs`), and the means over the runs of ``named_reached`` (share of questions whose
     named objects keep a token), ``named_recall`` (mean share of their tokens kept) and
     ``kept_nearest`` (mean distance from a kept token to its nearest kept neighbour, in patches:
-    1 for a solid block, larger when spread). EADP's ablations (``eadp-*``) are left out unless
-    ``ablations``."""
+    1 for a solid block, larger when spread). EADP's ablations are left out."""
     import pandas as pd
 
-    pooled = pool_runs(*reports) if len(reports) > 1 else {"results": _result_rows(reports[0])}
-    accuracy = {r["method"]: r["accuracy"] for r in pooled["results"] if int(r["budget"]) == budget}
+    accuracy = {r["method"]: r["accuracy"] for r in pooled(*reports)["results"] if int(r["budget"]) == budget}
     if not accuracy:
         raise ValueError(f"no configuration at budget {budget}")
     rows = []
     for method, acc in accuracy.items():
-        if method == "none" or (method.startswith("eadp-") and not ablations):
+        if method == "none" or method in ABLATIONS:
             continue
-        same = [r for rep in reports for r in _result_rows(rep) if r["method"] == method and int(r["budget"]) == budget]
-        means = {k: sum(float(r[k]) for r in same) / len(same) if all(r.get(k) is not None for r in same) else None
-                 for k in MEASURES}
-        rows.append({"method": method, "where": where(method), "accuracy": acc, **means})
+        rows.append({"method": method, "where": where(method), "accuracy": acc, **_measures(reports, method, budget)})
     return pd.DataFrame(rows).set_index("method").sort_values("accuracy", ascending=False)
+
+
+def _measures(reports, method: str, budget: int) -> dict:
+    """:data:`MEASURES` of ``method`` at ``budget``, each the mean over the runs (``None`` where a run lacks it)."""
+    same = [r for rep in reports for r in _result_rows(rep) if r["method"] == method and int(r["budget"]) == budget]
+    return {k: sum(float(r[k]) for r in same) / len(same) if same and all(r.get(k) is not None for r in same) else None
+            for k in MEASURES}
 
 
 def selection_correlations(frame, families=("projector output", "vision encoder")) -> dict:
@@ -55,17 +58,14 @@ def rival_gap(reports, a: str, b: str, budget: int) -> dict:
     """``a`` against ``b`` at ``budget``, question by question over the pooled runs: ``difference``
     (accuracy a - b), ``low``, ``high`` (its 95% interval), ``n``, and each method's
     :data:`MEASURES` averaged over the runs (``a_named_reached``, ``b_kept_nearest``, ...)."""
-    pooled = pool_runs(*reports) if len(reports) > 1 else {"results": _result_rows(reports[0])}
-    hits = {r["method"]: r["hits"] for r in pooled["results"] if int(r["budget"]) == budget}
+    hits = {r["method"]: r["hits"] for r in pooled(*reports)["results"] if int(r["budget"]) == budget}
     for m in (a, b):
         if m not in hits:
             raise ValueError(f"no {m} at budget {budget} in the runs")
     difference, se, n = paired_difference(hits[a], hits[b])
     out = {"difference": difference, "low": difference - Z95 * se, "high": difference + Z95 * se, "n": n}
-    frame = method_frame(*reports, budget=budget, ablations=True)
     for m, key in ((a, "a"), (b, "b")):
-        for k in MEASURES:
-            out[f"{key}_{k}"] = frame.loc[m, k]
+        out.update({f"{key}_{k}": v for k, v in _measures(reports, m, budget).items()})
     return out
 
 

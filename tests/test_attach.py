@@ -19,20 +19,6 @@ def build(family, video, samples=(0, 1)):
     return model, T.inputs(family, model, samples=samples, video=video)
 
 
-class LMInputs:
-    """Records what the language model receives (a forward pre-hook on it)."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        self.calls.append({k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
-
-    def remove(self):
-        self.handle.remove()
-
-
 @pytest.mark.parametrize("family, video", CASES, ids=IDS)
 @torch.no_grad()
 def test_full_budget_equals_the_unattached_model(family, video):
@@ -51,7 +37,7 @@ def test_full_budget_equals_the_unattached_model(family, video):
 @torch.no_grad()
 def test_the_language_model_receives_exactly_the_kept_tokens(family, video):
     model, inputs = build(family, video)
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, "eadp", budget=4, tokenizer=T.tokenizer()) as pruner:
         model(**inputs)
         record = pruner.last
@@ -87,7 +73,7 @@ def test_the_language_model_receives_exactly_the_kept_tokens(family, video):
 def test_kept_features_reach_the_model():
     model, inputs = build("llava", False)
     feats = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, "eadp", budget=5, tokenizer=T.tokenizer()) as pruner:
         model(**inputs)
     seen.remove()
@@ -142,7 +128,7 @@ def test_qwen_kept_tokens_keep_their_3d_positions(video):
     original, _ = model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"],
         **{k: v for k, v in inputs.items() if k.endswith("grid_thw") or k == "second_per_grid_ts"})
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, "eadp", budget=3, tokenizer=T.tokenizer()) as pruner:
         model.generate(**inputs, **GEN)
         record = pruner.last
@@ -161,7 +147,7 @@ def test_qwen_kept_tokens_keep_their_3d_positions(video):
 @torch.no_grad()
 def test_qwen_decoding_matches_the_unpruned_positions():
     model, inputs = build("qwen2_5_vl", False)
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     model.generate(**inputs, **GEN)
     unpruned = [c["position_ids"] for c in seen.calls]
     seen.calls.clear()
@@ -257,7 +243,7 @@ def test_half_precision_models(family, dtype):
 @torch.no_grad()
 def test_original_positions_option():
     model, inputs = build("llava", False)
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, "eadp", budget=4, positions="original"):
         model(**inputs)
     seen.remove()

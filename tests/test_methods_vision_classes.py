@@ -20,20 +20,6 @@ RUNS = [("llava", "visionzip"), ("llava", "hiprune"), ("llava_next", "visionzip"
 IDS = [f"{f}-{m}" for f, m in RUNS]
 
 
-class LMInputs:
-    """Records what the language model receives (a forward pre-hook on it)."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        self.calls.append({k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
-
-    def remove(self):
-        self.handle.remove()
-
-
 def left_padded(inputs, extra=2):
     """The batch with ``extra`` more text tokens at the start of sample 1's prompt, so sample 0 is left-padded."""
     words = torch.tensor([T.WORDS.index("a"), T.WORDS.index("the")][:extra])
@@ -80,7 +66,7 @@ def test_runs_on_the_class_and_restores_the_model(family, method, dtype):
     twin.generate(**inputs, **GEN)
     before = model(**inputs).logits
     budget = 6  # HiPrune: 1 anchor and at most 4 buffers fit, then the deep fill
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, method, budget=budget, tokenizer=T.tokenizer()) as pruner:
         out = model.generate(**inputs, **GEN)
         record = pruner.last
@@ -147,7 +133,7 @@ def test_visionzip_prunes_each_anyres_view_as_published(family):
     model, inputs = build(family)
     budget = 6
     dominant, contextual = split_budget(budget)
-    seen = LMInputs(model)
+    seen = T.LMInputs(model)
     with attach(model, "visionzip", budget=budget, tokenizer=T.tokenizer()) as pruner:
         model(**inputs)
         record = pruner.last

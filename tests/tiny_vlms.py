@@ -201,3 +201,17 @@ def matching_clip(vlm, seed=0):
     clip = CLIPModel(cfg).eval()
     clip.vision_model.load_state_dict(vlm.model.vision_tower.state_dict())
     return clip
+
+
+class LMInputs:
+    """Records what the language model receives (a forward pre-hook on it)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.calls.append({k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+
+    def remove(self):
+        self.handle.remove()

@@ -43,6 +43,7 @@ import torch
 
 from .._io import write_json
 from ..methods import PruneInputs, prune
+from ..methods.settings import FIELD_METHODS
 from ..select import coverage, coverage_similarity, facility_location, facility_location_naive
 from . import _published_field as _pub
 from ._published import cdpruner_loop, divprune_loop
@@ -166,7 +167,6 @@ def _baseline_rows(cases, repeats: int) -> list[dict]:
 # 32 heads of 128), a 35-token prefix before the image and a 40-token instruction after it.
 CLIP_SHAPES = {"width": 1024, "heads": 16, "head_dim": 64}
 LLM_SHAPES = {"hidden": 4096, "heads": 32, "head_dim": 128, "prefix": 35, "text": 40}
-FIELD_METHODS = ("visionzip", "hiprune", "fastv", "pyramiddrop", "dart", "sparsevlm")
 
 
 def _saliency(N: int, g: torch.Generator) -> torch.Tensor:

@@ -98,6 +98,11 @@ def pool_runs(*reports) -> dict:
     return report
 
 
+def pooled(*reports) -> dict:
+    """:func:`pool_runs` of several runs of the same configurations, or one run's rows as a report."""
+    return pool_runs(*reports) if len(reports) > 1 else {"results": _result_rows(reports[0])}
+
+
 def results_frame(results, value: str = "accuracy"):
     """Results side by side as a ``pandas.DataFrame``: one row per method (in the order the
     results list them), one column per budget (largest first), ``value`` in the cells
