@@ -9,7 +9,8 @@ import tiny_vlms as T
 from eadp_lab import METHODS, attach, preset
 
 CASES = [("llava", False), ("llava_next", False), ("llava_next_video", False), ("llava_next_video", True),
-         ("llava_onevision", False), ("llava_onevision", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True)]
+         ("llava_onevision", False), ("llava_onevision", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True),
+         ("qwen3_vl", False), ("qwen3_vl", True)]
 IDS = [f"{f}-{'video' if v else 'image'}" for f, v in CASES]
 GEN = dict(max_new_tokens=3, do_sample=False, suppress_tokens=[T.IMG, T.VID])
 
@@ -55,7 +56,7 @@ def test_the_language_model_receives_exactly_the_kept_tokens(family, video):
     for it in record.items:
         per_row = [int(k) for k in it.result.keep_mask.sum(1)] if it.result.merged is None else it.result.quotas.tolist()
         assert sum(per_row) <= sum(len(r) for r in it.layout.rows)
-        if family in ("llava", "qwen2_5_vl") or it.modality == "video":
+        if family in ("llava", *T.QWEN) or it.modality == "video":
             # one budget per image, frame or temporal group: exactly 4 each (the video preset has no allocation)
             assert per_row == [min(4, len(r)) for r in it.layout.rows]
     kept_cols = record.kept_columns
@@ -121,10 +122,11 @@ def test_a_batch_gives_each_sample_what_it_gets_alone(family, video):
             assert torch.equal(gen[0], batch_gen[b])
 
 
+@pytest.mark.parametrize("family", T.QWEN)
 @pytest.mark.parametrize("video", [False, True])
 @torch.no_grad()
-def test_qwen_kept_tokens_keep_their_3d_positions(video):
-    model, inputs = build("qwen2_5_vl", video)
+def test_qwen_kept_tokens_keep_their_3d_positions(family, video):
+    model, inputs = build(family, video)
     original, _ = model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=inputs["attention_mask"],
         **{k: v for k, v in inputs.items() if k.endswith("grid_thw") or k == "second_per_grid_ts"})
@@ -144,9 +146,10 @@ def test_qwen_kept_tokens_keep_their_3d_positions(video):
     assert any(it.tokens_after < it.tokens_before for it in record.items)
 
 
+@pytest.mark.parametrize("family", T.QWEN)
 @torch.no_grad()
-def test_qwen_decoding_matches_the_unpruned_positions():
-    model, inputs = build("qwen2_5_vl", False)
+def test_qwen_decoding_matches_the_unpruned_positions(family):
+    model, inputs = build(family, False)
     seen = T.LMInputs(model)
     model.generate(**inputs, **GEN)
     unpruned = [c["position_ids"] for c in seen.calls]
@@ -227,7 +230,7 @@ def test_published_text_positions_score_the_padded_clip_input():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", *T.QWEN])
 @torch.no_grad()
 def test_half_precision_models(family, dtype):
     model, inputs = build(family, False)
@@ -257,8 +260,25 @@ def test_original_positions_option():
 def test_unsupported_model_class():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    with pytest.raises(ValueError, match="LlamaForCausalLM is not supported"):
+    with pytest.raises(ValueError, match="LlamaForCausalLM is not supported") as error:
         attach(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in T.LLAMA.items() if k != "model_type"})))
+    assert "Qwen3VLForConditionalGeneration" in str(error.value)  # the supported classes are listed
+
+
+def test_qwen3_vl_moe_is_named_as_unsupported():
+    """Qwen3-VL's MoE sibling is a class of its own (not a Qwen3VLForConditionalGeneration): refused by name."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+    text = dict(vocab_size=T.V, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_experts=2,
+                num_experts_per_tok=1, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=2, out_hidden_size=32,
+                  num_position_embeddings=16, deepstack_visual_indexes=[0])
+    model = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig(text_config=text, vision_config=vision))
+    with pytest.raises(ValueError, match=r"^model class Qwen3VLMoeForConditionalGeneration is not supported") as error:
+        attach(model)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("budget", [0, -3, 1.5, 3.5, 64.0, "64", True, None, math.nan, math.inf, -math.inf, 0.0, -0.5])
@@ -416,7 +436,7 @@ def assert_untouched(model, inputs, state, clean):
     assert torch.equal(logits(model, inputs), clean)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", *T.QWEN])
 def test_a_second_attach_is_refused_and_the_first_pruner_keeps_working(family):
     model, inputs = build(family, False)
     clean = logits(model, inputs)  # first: transformers installs its output-capturing hooks on a first call

@@ -158,10 +158,11 @@ def test_generate_under_fastv_matches_a_manual_rerun_without_a_cache():
     assert _manual_fastv(model, inputs, keep=6, k=k, steps=6) == generated
 
 
+@pytest.mark.parametrize("family", T.QWEN)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_models_prune_inside_the_decoder(dtype):
-    model = T.qwen2_5_vl(text_layers=4).to(dtype)
-    inputs = T.inputs("qwen2_5_vl", model, samples=(0, 1))
+def test_half_precision_models_prune_inside_the_decoder(dtype, family):
+    model = T.BUILDERS[family](text_layers=4).to(dtype)
+    inputs = T.inputs(family, model, samples=(0, 1))
     inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     for method in IN_LLM:
         with torch.no_grad(), eadp_lab.attach(model, method, budget=4, tokenizer=T.tokenizer()) as pruner:

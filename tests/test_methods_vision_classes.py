@@ -16,7 +16,8 @@ from eadp_lab.methods.visionzip import layer_attention, split_budget, visionzip
 
 GEN = dict(max_new_tokens=3, do_sample=False, suppress_tokens=[T.IMG, T.VID])
 RUNS = [("llava", "visionzip"), ("llava", "hiprune"), ("llava_next", "visionzip"), ("llava_next", "hiprune"),
-        ("llava_next_video", "visionzip"), ("llava_next_video", "hiprune"), ("qwen2_5_vl", "hiprune")]
+        ("llava_next_video", "visionzip"), ("llava_next_video", "hiprune"), ("qwen2_5_vl", "hiprune"),
+        ("qwen3_vl", "hiprune")]
 IDS = [f"{f}-{m}" for f, m in RUNS]
 
 
@@ -92,7 +93,7 @@ def test_runs_on_the_class_and_restores_the_model(family, method, dtype):
     assert torch.equal(after, before) and torch.equal(after, twin(**inputs).logits)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_next_video", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_next_video", "qwen2_5_vl", "qwen3_vl"])
 @torch.no_grad()
 def test_hiprune_with_a_budget_of_every_token_leaves_the_logits_unchanged(family):
     model, inputs = build(family)
@@ -299,6 +300,7 @@ def test_hiprune_qwen_settings():
 
 @pytest.mark.parametrize("family, method, message", [
     ("qwen2_5_vl", "visionzip", "visionzip cannot prune Qwen2_5_VLForConditionalGeneration: .*no \\[CLS\\] token"),
+    ("qwen3_vl", "visionzip", "visionzip cannot prune Qwen3VLForConditionalGeneration: .*no \\[CLS\\] token"),
     ("llava_onevision", "visionzip", "visionzip cannot prune LlavaOnevisionForConditionalGeneration: .*SigLIP.*no "
                                      "\\[CLS\\]"),
     ("llava_onevision", "hiprune", "hiprune cannot prune LlavaOnevisionForConditionalGeneration: .*SigLIP.*no "
@@ -332,10 +334,18 @@ def test_hiprune_variant_must_match_the_vision_encoder():
     assert method_settings("hiprune", "qwen2_5_vl") == ("hiprune", HiPruneQwenSettings())
     with attach(T.qwen2_5_vl(), "hiprune", budget=4, score_order="window", tokenizer=T.tokenizer()) as pruner:
         assert pruner._settings["image"] == HiPruneQwenSettings(score_order="window")
-    with pytest.raises(ValueError, match="HiPruneQwenSettings are the Qwen2.5-VL variant's"):
+    with pytest.raises(ValueError, match="HiPruneQwenSettings are the Qwen variant's"):
         attach(T.llava(), "hiprune", budget=4, settings=HiPruneQwenSettings(), tokenizer=T.tokenizer())
     with pytest.raises(ValueError, match="score_order"):
         attach(T.qwen2_5_vl(), "hiprune", budget=4, score_order="windows", tokenizer=T.tokenizer())
+    # Qwen3-VL: the published Qwen3 track's settings (object layer 4 of Qwen3-VL-8B's 27 blocks)
+    with pytest.raises(ValueError, match="hiprune on Qwen3VLForConditionalGeneration runs its published Qwen variant: "
+                                         "give HiPruneQwenSettings .*of 27 blocks"):
+        attach(T.qwen3_vl(), "hiprune", budget=4, settings=HiPruneSettings(alpha=0.2), tokenizer=T.tokenizer())
+    with attach(T.qwen3_vl(), "hiprune", budget=4, tokenizer=T.tokenizer()) as pruner:
+        assert pruner._settings["image"] == HiPruneQwenSettings(published_depth=27)
+    assert method_settings("hiprune", "qwen3_vl") == ("hiprune", HiPruneQwenSettings(published_depth=27))
+    assert HiPruneQwenSettings(published_depth=27).layers(27) == (3, 26)  # the published attn_list[3], attn_list[-1]
 
 
 def test_original_positions_are_refused_by_capability_not_by_name():

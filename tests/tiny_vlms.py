@@ -18,6 +18,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
@@ -26,7 +28,8 @@ PAD, BOS, EOS = 0, 1, 2
 QV_START, QV_END, IMG, VID = 92, 93, 94, 95
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "USER:", "ASSISTANT:", "what", "colour", "is", "the", "small", "red",
          "blue", "circle", "square", "left", "of", "?", "how", "many", "are", "there", "a", "triangle", "in",
-         "image", "video", "moves", "right", "green", ",", ".", "squares"]
+         "image", "video", "moves", "right", "green", ",", ".", "squares",
+         "<0.5", "<1.5", "seconds>"]  # Qwen3-VL's frame timestamps, "<0.5 seconds>"
 SIZE, PATCH = 24, 4  # 6x6 patch grid
 CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    image_size=SIZE, patch_size=PATCH, projection_dim=24)
@@ -109,8 +112,26 @@ def qwen2_5_vl(seed=0, text_layers=2):
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
+def qwen3_vl(seed=0, text_layers=2):
+    """A tiny ``Qwen3VLForConditionalGeneration``: patch 2, 2x2 merge, a 4x4 learned position grid, DeepStack
+    features from both ViT blocks (added after decoder layers 0 and 1), interleaved M-RoPE."""
+    _seed(seed)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=2,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16,
+                  deepstack_visual_indexes=[0, 1])
+    text = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                 "mrope_interleaved": True})
+    cfg = Qwen3VLConfig(vision_config=vision, text_config=text, image_token_id=IMG, video_token_id=VID,
+                        vision_start_token_id=QV_START, vision_end_token_id=QV_END)
+    return Qwen3VLForConditionalGeneration(cfg).eval()
+
+
 BUILDERS = dict(llava=llava, llava_next=llava_next, llava_next_video=llava_next_video,
-                llava_onevision=llava_onevision, qwen2_5_vl=qwen2_5_vl)
+                llava_onevision=llava_onevision, qwen2_5_vl=qwen2_5_vl, qwen3_vl=qwen3_vl)
+QWEN = ("qwen2_5_vl", "qwen3_vl")
 
 QUESTIONS = ["what colour is the small circle ?", "how many red squares are there ?"]
 
@@ -134,8 +155,8 @@ def inputs(family, model, samples=(0, 1), video=False, seed=0):
     """Inputs for some of the two samples: images (and/or videos), each with its own question."""
     g = torch.Generator().manual_seed(seed)
     questions = [QUESTIONS[i] for i in samples]
-    if family == "qwen2_5_vl":
-        return _qwen_inputs(model, samples, questions, video, g)
+    if family in QWEN:
+        return _qwen_inputs(model, samples, questions, video, g, timestamps=family == "qwen3_vl")
     if family == "llava":
         pixel = torch.randn(2, 3, SIZE, SIZE, generator=g)[list(samples)]
         n = (SIZE // PATCH) ** 2
@@ -167,7 +188,19 @@ def inputs(family, model, samples=(0, 1), video=False, seed=0):
     return out
 
 
-def _qwen_inputs(model, samples, questions, video, g):
+TIMESTAMPS = ["<0.5 seconds>", "<1.5 seconds>"]  # Qwen3-VL: each temporal group's time, before its tokens
+
+
+def qwen3_frames(n_per_frame: int, frames: int) -> list[int]:
+    """Qwen3-VL's video placeholders as its processor writes them: per temporal group ``"<t seconds>"``
+    (:data:`TIMESTAMPS`), then ``<|vision_start|>``, the group's ``<|video_pad|>`` tokens, ``<|vision_end|>``."""
+    out = []
+    for f in range(frames):
+        out += _words(TIMESTAMPS[f]) + [QV_START] + [VID] * n_per_frame + [QV_END]
+    return out
+
+
+def _qwen_inputs(model, samples, questions, video, g, timestamps=False):
     grids = [(2, 8, 8)] * 2 if video else [(1, 8, 8), (1, 8, 12)]  # patches of 2 px: 16x16 and 16x24 images
     drawn = [torch.randn(t * h * w, 3 * 2 * 2 * 2, generator=g) for t, h, w in grids]  # both, whichever are used
     seqs, pixels, thw = [], [], []
@@ -176,13 +209,17 @@ def _qwen_inputs(model, samples, questions, video, g):
         pixels.append(drawn[i])
         thw.append(torch.tensor([t, h, w]))
         token = VID if video else IMG
+        if video and timestamps:  # Qwen3-VL: one timestamped run per temporal group
+            seqs.append([BOS] + qwen3_frames(h * w // 4, t) + _words(q) + [5])
+            continue
         seqs.append([BOS, QV_START] + [token] * (t * h * w // 4) + [QV_END] + _words(q) + [5])
     ids, mask = _left_pad(seqs)
     kind = 2 if video else 1
     out = dict(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == (VID if video else IMG)).int() * kind)
     if video:
-        out.update(pixel_values_videos=torch.cat(pixels), video_grid_thw=torch.stack(thw),
-                   second_per_grid_ts=torch.ones(len(seqs)))
+        out.update(pixel_values_videos=torch.cat(pixels), video_grid_thw=torch.stack(thw))
+        if not timestamps:  # Qwen2.5-VL's temporal positions; Qwen3-VL's come from the timestamp text
+            out["second_per_grid_ts"] = torch.ones(len(seqs))
     else:
         out.update(pixel_values=torch.cat(pixels), image_grid_thw=torch.stack(thw))
     return out

@@ -49,8 +49,15 @@ attention only in blocks 7, 15, 23, 31 of 32) and a 2 x 2 patch merger after the
   ``[0, n - 1]``, again with no row (or frame) check; the deep fill masks chosen tokens with
   ``-inf`` (not ``-1``); if anchors and buffers exceed ``T`` only the ``T`` lowest indices are
   kept (anchors can be cut); every image gets the full ``T``.
-- Qwen3-VL (same folder's evaluation code) has full attention in every block, so its scores are
-  in raster order and averaged over each image's own queries.
+- **Qwen3-VL** (the same authors' Qwen3 track: ``Qwen_vl/VLMEvalKit/vlmeval/vlm/qwen3_vl/model_fixed_res.py``,
+  ``Qwen3VLChatHiPrune`` with ``qwen3_visual_forward_with_importance``, the same ``HiPruner``, run with
+  ``object_layer=4, alpha=0.5`` on Qwen3-VL-8B's 27-block ViT): every block attends over the whole
+  frame (no windows), so the patches are already in raster order of the merged tokens (window order
+  is the identity and both ``score_order`` modes agree); each block's score is its attention
+  averaged over the heads and over the queries of the frame's own chunk (``attn_weights[0].mean(0).mean(0)``
+  per ``cu_seqlens`` chunk, not over the whole call), then over each merged token's 4 patches;
+  shallow = block ``object_layer - 1`` = 3 of 27, deep = the last block. :func:`qwen_hiprune_settings`
+  gives each family its published depth.
 
 Layer numbers of a model of another depth (:func:`scaled_layer`): each published layer number
 ``i`` becomes ``round(i * depth / published_depth)`` (halves rounded up, in integers), clamped
@@ -70,7 +77,8 @@ from ._layers import scaled_layer as _scaled_layer
 
 __all__ = ["HiPruneSettings", "HiPruneQwenSettings", "HiPruneSelection", "QwenSelection", "scaled_layer",
            "attention_received", "anchor_count", "hiprune_select", "qwen_merged_scores", "qwen_window_index",
-           "qwen_anchor_count", "hiprune_qwen_select", "hiprune_qwen", "PUBLISHED_DEEP_LAYER", "QWEN_SCORE_ORDERS"]
+           "qwen_anchor_count", "hiprune_qwen_select", "hiprune_qwen", "PUBLISHED_DEEP_LAYER", "QWEN_SCORE_ORDERS",
+           "QWEN_VIT_DEPTHS", "qwen_hiprune_settings"]
 
 PUBLISHED_DEEP_LAYER = -2  # LLaVA's mm_vision_select_layer: the deep map is attentions[-2]
 
@@ -136,7 +144,9 @@ class HiPruneQwenSettings(HiPruneSettings):
       ``tests/reference-methods/hiprune_qwen_*`` check it).
 
     A subclass of :class:`HiPruneSettings`, so the registry's ``hiprune`` takes it; only
-    Qwen2.5-VL runs it (and it runs only it).
+    Qwen2.5-VL and Qwen3-VL run it (and they run only it). ``published_depth`` is the ViT the
+    published ``object_layer`` was set for: 32 (Qwen2.5-VL), 27 (Qwen3-VL-8B; see
+    :func:`qwen_hiprune_settings`).
     """
 
     alpha: float = 0.5
@@ -156,6 +166,18 @@ class HiPruneQwenSettings(HiPruneSettings):
         """``(shallow, deep)`` 0-based block indices of a ``depth``-block ViT: the scaled object layer
         minus 1, and the last block ``depth - 1`` (the published code reads ``attn_list[-1]``)."""
         return scaled_layer(self.object_layer, depth, self.published_depth) - 1, depth - 1
+
+
+# The ViT blocks of the checkpoints the published Qwen variants ran on: Qwen2.5-VL-7B's 32, Qwen3-VL-8B's 27
+# (its config.json: vision_config.depth 27; see data/configs/Qwen__Qwen3-VL-8B-Instruct).
+QWEN_VIT_DEPTHS = {"qwen2_5_vl": 32, "qwen3_vl": 27}
+
+
+def qwen_hiprune_settings(family: str, **changes) -> HiPruneQwenSettings:
+    """HiPrune's published Qwen settings for ``family`` (``"qwen2_5_vl"`` or ``"qwen3_vl"``): object layer 4
+    of that family's published ViT depth (:data:`QWEN_VIT_DEPTHS`), alpha 0.5; ``changes`` applied."""
+    check_choice("family", family, tuple(QWEN_VIT_DEPTHS))
+    return HiPruneQwenSettings(**{"published_depth": QWEN_VIT_DEPTHS[family], **changes})
 
 
 def attention_received(attn: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ its images' budgets): exactly for FastV; for PyramidDrop through its schedule
 stage); for DART the largest count ``pivots + top-k x pivots`` not above the budget
 (:func:`~eadp_lab.methods.dart.dart_token_topk`). Each sample's visual tokens must form one
 contiguous run (one image or video per sample, as the published code assumes); a sample with
-several is refused with a clear error.
+several (or a Qwen3-VL video, whose frames are separated by their timestamps) is refused with a
+clear error. On Qwen3-VL the DeepStack features follow the rows a drop keeps (:mod:`eadp_lab.models.decoder`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def sample_span(view: LayerView, b: int, method: str) -> tuple[int, int, int]:
     if int(vis[-1] - vis[0]) + 1 != len(vis):
         runs = int((vis[1:] - vis[:-1] > 1).sum()) + 1
         raise ValueError(f"{method} prunes one contiguous run of visual tokens per sample, as published; sample {b} "
-                         f"has {runs} runs (several images or an image and a video)")
+                         f"has {runs} runs (several images, an image and a video, or a video whose frames are "
+                         "separated by text, as Qwen3-VL's timestamps separate them)")
     return first, int(vis[0]) - first, len(vis)
 
 

@@ -33,6 +33,10 @@ Where they run (:func:`eadp_lab.attach` refuses the rest, naming the method and 
   raster order or the EADP copy's window order): scores from the eager attention of a shallow
   windowed block and the last block over the image's own windows (or frame), ``T`` merged tokens per
   row (``T`` per image). VisionZip needs a [CLS] token, which Qwen's ViT does not have.
+- **Qwen3-VL images**: the same variant as the EADP authors' Qwen3 track runs it (object layer 4 of
+  Qwen3-VL-8B's 27 blocks, the last block): every block attends over the whole frame, so the
+  scores are in raster order (both ``score_order`` modes agree) and averaged over the frame's own
+  queries. The kept tokens' DeepStack features follow them (:mod:`eadp_lab.models.attach`).
 
 - **VisionZip** keeps ``d`` dominant tokens by the [CLS] attention of the layer the model reads
   (``vision_feature_layer``, -2 on LLaVA) and merges the rest into ``c`` contextual tokens; its
@@ -159,11 +163,11 @@ def run_hiprune(inputs: PruneInputs, vision, budget: int, settings: HiPruneSetti
     their Qwen2.5-VL copy on a Qwen image (``budget`` merged tokens per row)."""
     if vision.windows is not None:
         if not isinstance(settings, HiPruneQwenSettings):
-            raise ValueError("hiprune on Qwen2.5-VL runs its published Qwen variant: give HiPruneQwenSettings "
-                             "(alpha 0.5, object_layer 4 of 32 blocks, score_order), not HiPruneSettings")
+            raise ValueError("hiprune on a Qwen ViT runs its published Qwen variant: give HiPruneQwenSettings "
+                             "(alpha 0.5, object_layer 4, score_order), not HiPruneSettings")
         return _hiprune_qwen(inputs, vision, budget, settings)
     if isinstance(settings, HiPruneQwenSettings):
-        raise ValueError("hiprune: HiPruneQwenSettings are the Qwen2.5-VL variant's; this CLIP vision encoder "
+        raise ValueError("hiprune: HiPruneQwenSettings are the Qwen variant's; this CLIP vision encoder "
                          "runs the LLaVA variant: give HiPruneSettings")
     vision = inputs.require_vision("hiprune")  # the LLaVA variant drops the [CLS] column of the attention
     N = inputs.num_tokens

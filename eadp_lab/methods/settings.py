@@ -33,6 +33,10 @@ DEFAULT_PRESETS = {
     ("llava_onevision", "video"): "llava-video",
     ("qwen2_5_vl", "image"): "qwen2.5-vl-llm",
     ("qwen2_5_vl", "video"): "llava-video",
+    # Qwen3-VL: the EADP authors' Qwen_vl track runs the same LLM-space pruner on Qwen3-VL-8B, with the same
+    # alpha 0.5 and beta 2.0 (Qwen_vl/scripts/run_eadp.sh; config.py's Qwen3-VL-8B-EADP-* entries).
+    ("qwen3_vl", "image"): "qwen2.5-vl-llm",
+    ("qwen3_vl", "video"): "llava-video",
 }
 
 # EADP's ablations: registry-independent names -> (registry method, EADPConfig overrides).
@@ -84,15 +88,16 @@ def with_sign(settings, sign: float | None):
 
 def default_settings(method: str, family: str = "llava", modality: str = "image", sign: float | None = None):
     """A registry method's settings when the caller gives none: EADP's paper-faithful preset of the
-    family, HiPrune's published Qwen variant on Qwen2.5-VL, every other method's own defaults (for
-    videos, :data:`BASELINE_VIDEO`); ``sign`` replaces the similarity sign."""
+    family, HiPrune's published Qwen variant on Qwen2.5-VL and Qwen3-VL (:func:`~eadp_lab.methods.hiprune.qwen_hiprune_settings`),
+    every other method's own defaults (for videos, :data:`BASELINE_VIDEO`); ``sign`` replaces the similarity sign."""
     from ..config import EADPConfig, preset
     from .base import METHODS
-    from .hiprune import HiPruneQwenSettings
+    from ..models.layouts import is_qwen
+    from .hiprune import qwen_hiprune_settings
 
     entry = METHODS[method]
-    if method == "hiprune" and family == "qwen2_5_vl":
-        settings = HiPruneQwenSettings()
+    if method == "hiprune" and is_qwen(family):
+        settings = qwen_hiprune_settings(family)
     elif entry.settings is EADPConfig:
         settings = preset(DEFAULT_PRESETS[(family, modality)], faithful=True)
     else:

@@ -11,8 +11,10 @@ selects per image, crop or frame, removes the dropped placeholder tokens from
 ``input_ids``, ``attention_mask`` and ``position_ids`` (re-left-padding the batch), and hands
 the kept features back as ``mm_encoder_outputs``. On every decode step it rewrites the
 attention mask and positions, because ``generate`` keeps counting the unpruned prompt. So
-``generate``'s output still starts with the caller's own prompt. Qwen2.5-VL's kept tokens
-keep their original 3-D (t, h, w) rotary positions. A ``get_*_features`` wrapper records
+``generate``'s output still starts with the caller's own prompt. Qwen2.5-VL's and Qwen3-VL's kept
+tokens keep their original 3-D (t, h, w) rotary positions, and Qwen3-VL's DeepStack features (the
+vision encoder's intermediate layers, added to the first decoder layers' outputs at the visual
+positions) are cut to the same kept tokens in every layer they are injected into. A ``get_*_features`` wrapper records
 the metadata (``image_sizes``, grids, vision states) that ``generate`` drops before the
 forward pass. transformers 5.x. Taught in ``notebooks/04_full_model_benchmarks``.
 """
@@ -32,7 +34,7 @@ from ..config import EADPConfig
 from ..methods import METHODS, PruneInputs, PruneResult, prune
 from ..methods.base import resolve_settings, selection_result
 from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
-from .layouts import ItemLayout, family_of, item_layouts
+from .layouts import ItemLayout, family_of, is_qwen, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
 __all__ = ["attach", "attached", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL",
@@ -100,17 +102,21 @@ def _settings_by_modality(method, family, settings, overrides, sign=None) -> dic
 def _checked_for_family(method, family, settings):
     """``settings``, or ``ValueError`` when HiPrune's variant does not match the model's vision encoder."""
     if method == "hiprune":
-        from ..methods.hiprune import HiPruneQwenSettings
+        from ..methods.hiprune import HiPruneQwenSettings, qwen_hiprune_settings
 
         qwen = isinstance(settings, HiPruneQwenSettings)
-        if qwen and family != "qwen2_5_vl":
-            raise ValueError("hiprune: HiPruneQwenSettings are the Qwen2.5-VL variant's; a CLIP vision encoder "
-                             "runs the LLaVA variant: give HiPruneSettings")
-        if family == "qwen2_5_vl" and not qwen:
-            raise ValueError("hiprune on Qwen2_5_VLForConditionalGeneration runs its published Qwen variant: give "
-                             "HiPruneQwenSettings (alpha 0.5, object_layer 4 of 32 blocks, score_order), not "
-                             "HiPruneSettings")
+        if qwen and not is_qwen(family):
+            raise ValueError("hiprune: HiPruneQwenSettings are the Qwen variant's (Qwen2.5-VL, Qwen3-VL); a CLIP "
+                             "vision encoder runs the LLaVA variant: give HiPruneSettings")
+        if is_qwen(family) and not qwen:
+            published = qwen_hiprune_settings(family)
+            raise ValueError(f"hiprune on {_CLASS_OF[family]} runs its published Qwen variant: give "
+                             f"HiPruneQwenSettings (alpha {published.alpha}, object_layer {published.object_layer} "
+                             f"of {published.published_depth} blocks, score_order), not HiPruneSettings")
     return settings
+
+
+_CLASS_OF = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
 
 
 # The vision-encoder methods' classes: (method, family) -> why it does not apply (the model class is named
@@ -120,11 +126,13 @@ def _checked_for_family(method, family, settings):
 VISION_REFUSALS = {
     ("visionzip", "qwen2_5_vl"): "its vision encoder (Qwen2.5-VL's windowed ViT) has no [CLS] token, whose "
                                  "attention VisionZip ranks by (the EADP paper also leaves it out on Qwen2.5-VL)",
+    ("visionzip", "qwen3_vl"): "its vision encoder (Qwen3-VL's ViT) has no [CLS] token, whose attention VisionZip "
+                               "ranks by (the EADP authors' Qwen3-VL track has no VisionZip either)",
     ("visionzip", "llava_onevision"): "its vision encoder (SigLIP) has no [CLS] token, whose attention VisionZip "
                                       "ranks by",
     ("hiprune", "llava_onevision"): "its vision encoder (SigLIP) has no [CLS] token; HiPrune's published LLaVA "
                                     "code drops the [CLS] column of the attention, and its published variants "
-                                    "cover CLIP towers and Qwen2.5-VL's ViT only",
+                                    "cover CLIP towers and Qwen's ViTs only",
 }
 
 
@@ -184,7 +192,7 @@ class Pruner:
         self.positions = positions
         self.newlines = newlines
         self.tokenizer = tokenizer
-        self.is_qwen = self.family == "qwen2_5_vl"
+        self.is_qwen = is_qwen(self.family)
         self.text_positions = text_positions
         if scoring == "clip":
             if clip is None:
@@ -382,7 +390,7 @@ class Pruner:
     def _vision_states(self, modality, index, layout):
         """The vision encoder's states of one image, for the methods that read its attention: its CLIP
         views (LLaVA-1.5, and the AnyRes views of LLaVA-NeXT and NeXT-Video, one per row), or its
-        windowed ViT pass (Qwen2.5-VL)."""
+        ViT pass (Qwen2.5-VL's windowed one, Qwen3-VL's)."""
         name = self.method
         if modality != "image":
             raise ValueError(f"{name} cannot prune this {type(self.model).__name__} {modality}: it prunes images "
@@ -424,8 +432,10 @@ class Pruner:
                             patches=patches)
 
     def _qwen_vision_states(self, index, bound, recorded):
-        """:class:`~eadp_lab.methods.base.VisionStates` of Qwen2.5-VL image ``index``: its patches' stretch of
-        the ViT call (window order), the blocks' chunks within it, its window order."""
+        """:class:`~eadp_lab.methods.base.VisionStates` of Qwen image ``index``: its patches' stretch of the ViT
+        call, the blocks' chunks within it, the order the blocks see its merged tokens (Qwen2.5-VL: window
+        order; Qwen3-VL: raster order, every block attending over the whole frame) and the query count its
+        published score averages over (Qwen2.5-VL: the whole call's patches; Qwen3-VL: one frame's)."""
         from ..methods.base import VisionStates, WindowedStates
         from ..methods.hiprune import qwen_window_index
 
@@ -441,10 +451,13 @@ class Pruner:
             rotary = tuple(t[p0:p1] for t in position_embeddings)
             total = hidden.shape[0]
         m = vision_config.spatial_merge_size
-        window_index, _ = qwen_window_index(grid[index:index + 1].cpu(), vision_config.window_size,
-                                            vision_config.patch_size, m)
-        windows = WindowedStates(chunks, rotary, window_index, tuple(int(v) for v in grid[index].tolist()),
-                                 m * m, total)
+        t, h, w = (int(v) for v in grid[index].tolist())
+        if self.family == "qwen3_vl":  # no windows: raster order; scores averaged over the frame's own queries
+            window_index, total = torch.arange(t * (h // m) * (w // m)), h * w
+        else:
+            window_index, _ = qwen_window_index(grid[index:index + 1].cpu(), vision_config.window_size,
+                                                vision_config.patch_size, m)
+        windows = WindowedStates(chunks, rotary, window_index, (t, h, w), m * m, total)
         return VisionStates(inputs, None, self._encoder_layers(), None, cls=False, windows=windows)
 
     def _encoder_layers(self) -> list:
@@ -457,7 +470,7 @@ class Pruner:
         return list(encoder.layers)
 
     def _record_vision_inputs(self, index: int):
-        """A pre-hook recording encoder layer ``index``'s input (Qwen2.5-VL: with its chunks and rotary)."""
+        """A pre-hook recording encoder layer ``index``'s input (Qwen: with its chunks and rotary)."""
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if self.is_qwen:
@@ -492,7 +505,31 @@ class Pruner:
         kept = torch.unique(torch.cat([kept, extra]))  # sorted
         return kept, feats_out[kept.to(feats.device)]
 
-    def _container(self, modality, kept_items):
+    def _deepstack_kept(self, layout: ItemLayout, result: PruneResult, layers: list[torch.Tensor],
+                        settings) -> list[torch.Tensor]:
+        """Qwen3-VL: per DeepStack layer, the ``(k, D)`` features of the item's kept tokens, row for row those the
+        language model receives (``layers``: per layer ``(T, D)``, indexed as the item's main features).
+
+        A selection keeps the kept tokens' own features in every layer (the same indices). A method that
+        merges (``pool``) merges every layer's features as it merged the main ones; its merge must depend on
+        the grid alone (the same cells from any features), which is checked: a merge that would differ is
+        refused with a ``RuntimeError`` naming the method."""
+        out = []
+        for feats in layers:
+            if result.merged is None:
+                out.append(self._kept(layout, result, feats)[1])
+                continue
+            with torch.no_grad():
+                again = self._prune_item(feats.detach(), layout, None, settings)
+            if again.merged is None or not torch.equal(again.picks.cpu(), result.picks.cpu()):
+                raise RuntimeError(f"{self.method} merges tokens by their features: its merge of Qwen3-VL's DeepStack "
+                                   "features would not match the merged tokens the language model receives")
+            out.append(self._kept(layout, again, feats)[1])
+        return out
+
+    def _container(self, modality, kept_items, kept_deepstack=None, output_class=None):
+        """What ``mm_encoder_outputs[modality]`` holds for the kept tokens: ``pooler_output`` in the family's
+        packing and, for Qwen3-VL, ``deepstack_features`` (per layer, per item ``(k, D)``) in ``output_class``."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         out = kept_items
@@ -500,6 +537,10 @@ class Pruner:
             out = torch.cat(kept_items)[None]  # the model flattens (1, sum k, D)
         elif modality == "video" and self.family == "llava_next_video":
             out = [t[None] for t in kept_items]  # the model flattens each (1, k, D)
+        if kept_deepstack is not None:
+            layers = len(kept_deepstack[0]) if kept_deepstack else 0
+            deepstack = [tuple(item[j] for item in kept_deepstack) for j in range(layers)]
+            return output_class(pooler_output=tuple(out), deepstack_features=deepstack)
         return BaseModelOutputWithPooling(pooler_output=out)
 
     def _visual_items(self, ids, mm):
@@ -601,7 +642,8 @@ class Pruner:
         new_mm, record = {}, CallRecord(length_before=L)
         for modality, items, layouts, wheres in self._visual_items(ids, mm):
             settings = self._settings[modality]
-            kept_items = []
+            deepstack = _deepstack_items(mm[modality], [len(t) for t in items])
+            kept_items, kept_deepstack = [], []
             for i, (feats, layout) in enumerate(zip(items, layouts)):
                 b = layout.sample
                 text = None
@@ -620,6 +662,8 @@ class Pruner:
                     result = self._prune_item(feats.detach(), layout, text, settings, vision)
                 kept, kept_feats = self._kept(layout, result, feats)
                 kept_items.append(kept_feats)
+                if deepstack is not None:
+                    kept_deepstack.append(self._deepstack_kept(layout, result, deepstack[i], settings))
                 positions = wheres[i]
                 drop = torch.ones(len(feats), dtype=torch.bool)
                 drop[kept] = False
@@ -628,7 +672,8 @@ class Pruner:
                     modality, b, instructions[b][0], len(feats), len(kept), _sources(layout, result, kept), result,
                     layout, [] if text is None else text.tokens,
                 ))
-            new_mm[modality] = self._container(modality, kept_items)
+            new_mm[modality] = self._container(modality, kept_items, kept_deepstack if deepstack is not None else None,
+                                               type(mm[modality]))
         self.instructions = None
         record.kept_columns = keep
         kwargs = self._shorten(kwargs, ids, mask, mask_in, keep)
@@ -657,7 +702,8 @@ class Pruner:
         if self.is_qwen:
             if position_ids is None:  # plain forward: the 3-D positions of the unpruned sequence
                 if kwargs.get("mm_token_type_ids") is None:
-                    raise ValueError("Qwen2.5-VL pruning needs mm_token_type_ids (the processor returns them)")
+                    raise ValueError(f"{type(self.model).__name__} pruning needs mm_token_type_ids (the processor "
+                                     "returns them)")
                 captured = {k: v for k, v in kwargs.items() if k.endswith("grid_thw") or k == "second_per_grid_ts"}
                 thw, deltas = self.inner.get_rope_index(
                     ids, mm_token_type_ids=kwargs["mm_token_type_ids"], attention_mask=mask, **captured)
@@ -705,6 +751,19 @@ class Pruner:
                 position_ids = position_ids - shift
             kwargs["position_ids"] = position_ids
         return kwargs
+
+
+def _deepstack_items(output, sizes: list[int]) -> list[list[torch.Tensor]] | None:
+    """Qwen3-VL's DeepStack features of a ``get_*_features`` output, per item: ``[item][layer]`` ``(n_i, D)``
+    (``sizes``: the items' ``n_i``); ``None`` for a model without them."""
+    layers = getattr(output, "deepstack_features", None)
+    if layers is None:
+        return None
+    split = [list(layer) if isinstance(layer, (list, tuple)) else list(torch.split(layer, sizes)) for layer in layers]
+    for layer in split:
+        if [len(t) for t in layer] != sizes:
+            raise RuntimeError(f"DeepStack features of {[len(t) for t in layer]} tokens for items of {sizes}")
+    return [[layer[i] for layer in split] for i in range(len(sizes))]
 
 
 def _sources(layout: ItemLayout, result: PruneResult, kept: torch.Tensor) -> torch.Tensor:
@@ -775,16 +834,20 @@ def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str =
 
     Args:
         model: a ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
-            ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``
-            or ``Qwen2_5_VLForConditionalGeneration`` (transformers 5.x).
+            ``LlavaNextVideoForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``,
+            ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration`` (transformers
+            5.x; Qwen3-VL's DeepStack features follow the kept tokens; its MoE sibling is not supported).
+            Any other class is refused with a ``ValueError`` naming it.
         method: a registry name (``eadp``, ``topk``, ``topk_dense``, ``random``, ``pool``,
             ``divprune``, ``cdpruner``, ``none``; in the vision encoder ``visionzip`` and ``hiprune``;
             inside the language model ``fastv``, ``pyramiddrop``, ``dart``, ``sparsevlm``). The
             vision-encoder methods prune images of LLaVA-1.5 and, per AnyRes view, of LLaVA-NeXT and
-            NeXT-Video; HiPrune also Qwen2.5-VL images (its published Qwen variant,
-            :class:`~eadp_lab.methods.hiprune.HiPruneQwenSettings`); elsewhere (VisionZip on Qwen2.5-VL
-            or OneVision, HiPrune on OneVision: no [CLS] token; videos) they are refused with a
+            NeXT-Video; HiPrune also Qwen2.5-VL and Qwen3-VL images (its published Qwen variants,
+            :class:`~eadp_lab.methods.hiprune.HiPruneQwenSettings`); elsewhere (VisionZip on Qwen2.5-VL,
+            Qwen3-VL or OneVision, HiPrune on OneVision: no [CLS] token; videos) they are refused with a
             ``ValueError`` naming the method and the model class (see :mod:`eadp_lab.methods.in_vision`).
+            The in-LLM methods prune one contiguous run of visual tokens per sample, as published: a
+            Qwen3-VL video (its frames separated by timestamp text) is refused when it is called.
         budget: tokens kept per row (image, AnyRes crop, video frame) before EADP's
             allocation across an image's crops; a float in (0, 1] keeps that fraction. On
             AnyRes images DivPrune spends the image's rows' budgets in one joint selection
@@ -802,7 +865,7 @@ def attach(model, method: str = "eadp", budget: int | float = 64, scoring: str =
             and keep the published -1).
         **kwargs: ``tokenizer`` (the VLM's, to read each prompt's instruction),
             ``positions`` (``"renumber"`` kept tokens contiguously, or keep the ``"original"``
-            1-D positions; Qwen2.5-VL always keeps its 3-D ones), ``newlines`` (AnyRes
+            1-D positions; Qwen2.5-VL and Qwen3-VL always keep their 3-D ones), ``newlines`` (AnyRes
             ``image_newline`` tokens: keep those of ``"rows"`` that keep a token, ``"all"``
             or ``"none"``), ``text_positions``, ``keep_history``, and overrides of the
             method's settings (e.g. ``alpha=0.3``).

@@ -18,6 +18,11 @@ matching attention mask and rotary position embeddings:
   cache's own length (layer 0) keeps counting the whole prompt, so ``generate`` runs unchanged. On
   every decode step the hook gives the later layers the mask of their shorter cache (and, when
   renumbered, the shifted positions).
+- **DeepStack (Qwen3-VL).** The language model adds the vision encoder's intermediate features to the
+  outputs of its first layers at the visual positions (``_deepstack_process``). After a drop, the
+  hook hands that step the shortened rows' mask and the features of the visual tokens still there,
+  the same indices in every injected layer (:func:`deepstack_rows`); a merged row (SparseVLM) stands
+  for no single token and gets none.
 - **Attention weights.** A plan that scores by attention gets it from :meth:`LayerView.attention`:
   that one layer's probabilities computed in eager form from its input (its norm, projections and
   rotary embedding), in float32, whatever implementation the model runs.
@@ -33,9 +38,10 @@ import torch
 
 from ..methods.decoder_plan import DecoderPlan, Drop, LayerView
 
-__all__ = ["DecoderPlan", "Drop", "LayerView", "DecoderPruner", "language_model", "SUPPORTED_ATTENTION"]
+__all__ = ["DecoderPlan", "Drop", "LayerView", "DecoderPruner", "language_model", "SUPPORTED_ATTENTION", "deepstack_rows"]
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+_CLASS_METHOD = object()  # marks a wrapped method the instance did not own: remove() deletes the wrapper
 
 
 def language_model(model):
@@ -82,6 +88,25 @@ def _mask_like(template, valid: torch.Tensor, queries: int, dtype: torch.dtype, 
     return torch.where(allowed, zero, torch.finfo(template.dtype).min)
 
 
+def deepstack_rows(visual_pos_masks: torch.Tensor, visual_embeds: torch.Tensor, origin: torch.Tensor,
+                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DeepStack features of a shortened sequence's rows.
+
+    Args:
+        visual_pos_masks: ``(B, L0)`` bool, the unpruned prompt's visual positions.
+        visual_embeds: ``(V, D)`` their features, row-major (sample by sample, column by column).
+        origin: ``(B, L')`` long, each current row's column in the unpruned prompt (``-1``: merged or padding).
+        valid: ``(B, L')`` bool, the rows that are not padding.
+    Returns:
+        ``(B, L')`` bool, the rows that are an original visual token, and ``(V', D)`` their features in the
+        same row-major order (what ``_deepstack_process`` adds).
+    """
+    source = origin.clamp(min=0)
+    is_visual = valid & (origin >= 0) & visual_pos_masks.to(origin.device).gather(1, source)
+    index = (visual_pos_masks.flatten().long().cumsum(0) - 1).view_as(visual_pos_masks).to(origin.device)
+    return is_visual, visual_embeds[index.gather(1, source)[is_visual].to(visual_embeds.device)]
+
+
 def _tail_of(mask, start: int):
     """The 2-D validity of the keys after the prompt (decode steps), from the model's 4-D mask."""
     if mask is None:
@@ -112,6 +137,10 @@ class DecoderPruner:
         self._current: dict | None = None
         self._handles = [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
                          for i, layer in enumerate(self.layers)]
+        self._deepstack = None  # the language model's own _deepstack_process entry, when wrapped
+        if hasattr(self.lm, "_deepstack_process"):  # Qwen3-VL: DeepStack features follow the kept rows
+            self._deepstack = vars(self.lm).get("_deepstack_process", _CLASS_METHOD)
+            self.lm._deepstack_process = self._deepstack_hook(self.lm._deepstack_process)
 
     @staticmethod
     def check(model, plan: DecoderPlan) -> None:
@@ -133,9 +162,29 @@ class DecoderPruner:
         for h in self._handles:
             h.remove()
         self._handles = []
+        previous, self._deepstack = self._deepstack, None
+        if previous is _CLASS_METHOD:
+            del self.lm._deepstack_process  # the class's own method shows through again
+        elif previous is not None:
+            self.lm._deepstack_process = previous
         self._stages, self._store, self._current = [], {}, None
 
     # ------------------------------------------------------------------ hooks
+    def _deepstack_hook(self, original):
+        """``_deepstack_process`` with the shortened rows' mask and features once a drop has run (prefill only:
+        the language model adds DeepStack features only when it has them, i.e. on a prefill)."""
+        def wrapper(hidden_states, visual_pos_masks, visual_embeds):
+            stage = self._stages[-1] if self._stages and self._current is not None else None
+            if stage is not None:
+                if hidden_states.shape[:2] != stage.valid.shape:
+                    raise RuntimeError(f"DeepStack step on {tuple(hidden_states.shape[:2])} rows, the pruned stage has "
+                                       f"{tuple(stage.valid.shape)}")
+                visual_pos_masks, visual_embeds = deepstack_rows(visual_pos_masks, visual_embeds, stage.origin,
+                                                                 stage.valid)
+            return original(hidden_states, visual_pos_masks, visual_embeds)
+
+        return wrapper
+
     def _hook(self, index: int):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]

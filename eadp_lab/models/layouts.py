@@ -11,7 +11,11 @@ each supported class, using the model's own packing code where it has one (trans
   rectangle that is left (ragged rows). ``image_newline`` tokens are structure, not rows.
   When OneVision interpolates a large tile grid, the tile grid is one row.
 - Videos: one row per frame (LLaVA-NeXT-Video pools 2x2, OneVision resizes and ends each
-  video with one newline token); Qwen2.5-VL: one row per temporal group of its grid.
+  video with one newline token); Qwen2.5-VL and Qwen3-VL: one row per temporal group of its grid
+  (Qwen3-VL writes each group's timestamp, ``<t seconds>``, between the groups' tokens: a video's
+  tokens are then several runs in the prompt, still one item here).
+- Qwen2.5-VL and Qwen3-VL images: one row per temporal group (one for an image), the merged
+  ``h/2 x w/2`` grid.
 
 Taught in ``notebooks/05_video_and_multicrop``.
 """
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ItemLayout", "family_of", "FAMILIES", "item_layouts", "merged_grid"]
+__all__ = ["ItemLayout", "family_of", "FAMILIES", "QWEN_FAMILIES", "is_qwen", "item_layouts", "merged_grid"]
 
 FAMILIES = {
     "LlavaForConditionalGeneration": "llava",
@@ -32,7 +36,15 @@ FAMILIES = {
     "LlavaNextVideoForConditionalGeneration": "llava_next_video",
     "LlavaOnevisionForConditionalGeneration": "llava_onevision",
     "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl",
+    "Qwen3VLForConditionalGeneration": "qwen3_vl",
 }
+# The families with Qwen's dynamic-resolution ViT, 2x2 merged tokens and 3-D (t, h, w) M-RoPE positions.
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def is_qwen(family: str) -> bool:
+    """Whether ``family`` (:func:`family_of`) is one of :data:`QWEN_FAMILIES`."""
+    return family in QWEN_FAMILIES
 
 
 def family_of(model) -> str:
@@ -71,7 +83,7 @@ class ItemLayout:
 
 
 def merged_grid(vision_config, thw) -> tuple[int, int, int]:
-    """``(t, H, W)`` visual tokens of one Qwen2.5-VL item from its ``image_grid_thw`` (or
+    """``(t, H, W)`` visual tokens of one Qwen2.5-VL or Qwen3-VL item from its ``image_grid_thw`` (or
     ``video_grid_thw``) row ``(t, h, w)`` of patches: ``h`` and ``w`` divided by the
     ``spatial_merge_size`` (2x2 patches make one token)."""
     t, h, w = (int(v) for v in thw)
@@ -188,10 +200,10 @@ def item_layouts(family, inner, modality, sizes, samples, captured) -> list[Item
     """
     config = inner.config
     kwargs, output = captured if captured is not None else ({}, None)
-    if family == "qwen2_5_vl":
+    if is_qwen(family):
         grid_thw = kwargs.get(f"{modality}_grid_thw")
         if grid_thw is None:
-            raise RuntimeError(f"Qwen2.5-VL {modality}_grid_thw was not seen; cannot lay out the tokens")
+            raise RuntimeError(f"{family} {modality}_grid_thw was not seen; cannot lay out the tokens")
         out = []
         for (t, hh, ww), n, b in zip(grid_thw.tolist(), sizes, samples):
             _, gh, gw = merged_grid(config.vision_config, (t, hh, ww))

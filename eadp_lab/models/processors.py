@@ -1,13 +1,15 @@
 """Processors of the supported VLMs as the benches and :class:`eadp_lab.Lab` need them.
 
-- :func:`load_processor`: ``AutoProcessor``, or for Qwen2.5-VL without a loadable torchvision
-  an image-only processor (:class:`Qwen2_5_VLImageProcessorOnly`: transformers' own
-  ``Qwen2_5_VLProcessor`` without its video processor, which needs torchvision; images go
-  through the PIL image processor, so token counts and pixel values are the same).
+- :func:`load_processor`: ``AutoProcessor``, or for Qwen2.5-VL and Qwen3-VL without a loadable
+  torchvision an image-only processor (:class:`Qwen2_5_VLImageProcessorOnly`,
+  :class:`Qwen3VLImageProcessorOnly`: transformers' own ``Qwen2_5_VLProcessor`` /
+  ``Qwen3VLProcessor`` without its video processor, which needs torchvision; images go through
+  the PIL image processor, so token counts and pixel values are the same; videos need
+  torchvision, or hand-built frame tensors and prompts).
 - :func:`left_padded`: batched generation needs left padding; a tokenizer that pads on the
   right (Qwen2.5-VL's) is switched, and the switch said once.
 - :func:`image_grid`: the visual-token grid of one image, from the vision config where the
-  resolution is fixed (LLaVA) or from the processor's ``image_grid_thw`` (Qwen2.5-VL).
+  resolution is fixed (LLaVA) or from the processor's ``image_grid_thw`` (Qwen2.5-VL, Qwen3-VL).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import sys
 
 import numpy as np
 
-__all__ = ["Qwen2_5_VLImageProcessorOnly", "load_processor", "left_padded", "image_grid"]
+__all__ = ["Qwen2_5_VLImageProcessorOnly", "Qwen3VLImageProcessorOnly", "load_processor", "left_padded",
+           "image_grid", "IMAGE_ONLY"]
 
 _SAID: set = set()
 
@@ -28,27 +31,36 @@ def _say_once(key, text: str) -> None:
         print(f"note: {text}", file=sys.stderr)
 
 
+# model_type -> (transformers' processor class, the image-only class's name)
+IMAGE_ONLY = {"qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLImageProcessorOnly"),
+              "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLImageProcessorOnly")}
+
+
 @functools.lru_cache(maxsize=None)
-def _image_only_class():
-    from transformers import Qwen2_5_VLProcessor
+def _image_only_class(model_type: str = "qwen2_5_vl"):
+    """The image-only subclass of ``model_type``'s processor (:data:`IMAGE_ONLY`), built on first use."""
+    import transformers
     from transformers.processing_utils import ProcessorMixin
 
-    class Qwen2_5_VLImageProcessorOnly(Qwen2_5_VLProcessor):
-        """``Qwen2_5_VLProcessor`` for images only (no video processor, so no torchvision)."""
+    base_name, name = IMAGE_ONLY[model_type]
+    base = getattr(transformers, base_name)
 
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        for attr, default in (("image_token", "<|image_pad|>"), ("video_token", "<|video_pad|>"),
+                              ("vision_start_token", "<|vision_start|>"), ("vision_end_token", "<|vision_end|>")):
+            token = getattr(tokenizer, attr, None) or default
+            setattr(self, attr, token)
+            setattr(self, f"{attr}_id", tokenizer.convert_tokens_to_ids(token))
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    return Qwen2_5_VLImageProcessorOnly
+    doc = f"``{base_name}`` for images only (no video processor, so no torchvision)."
+    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
 
 
-def __getattr__(name):  # the class is built on first use (transformers is imported lazily)
-    if name == "Qwen2_5_VLImageProcessorOnly":
-        return _image_only_class()
+def __getattr__(name):  # the classes are built on first use (transformers is imported lazily)
+    for model_type, (_, class_name) in IMAGE_ONLY.items():
+        if name == class_name:
+            return _image_only_class(model_type)
     raise AttributeError(name)
 
 
@@ -57,8 +69,8 @@ def _torchvision_missing(exc: BaseException) -> bool:
 
 
 def load_processor(path, model_type: str | None = None, **kwargs):
-    """``AutoProcessor.from_pretrained(path, **kwargs)``; for ``model_type == "qwen2_5_vl"`` the
-    image-only processor when the full one needs a torchvision that is not installed (said once).
+    """``AutoProcessor.from_pretrained(path, **kwargs)``; for ``model_type`` ``"qwen2_5_vl"`` or ``"qwen3_vl"``
+    the image-only processor when the full one needs a torchvision that is not installed (said once).
 
     Other errors are raised as they come.
     """
@@ -67,14 +79,14 @@ def load_processor(path, model_type: str | None = None, **kwargs):
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001 (re-raised below unless it is the torchvision case)
-        if model_type != "qwen2_5_vl" or not _torchvision_missing(exc):
+        if model_type not in IMAGE_ONLY or not _torchvision_missing(exc):
             raise
-    _say_once(("processor", str(path)), f"{path}: torchvision is not installed, so the Qwen2.5-VL processor is "
+    _say_once(("processor", str(path)), f"{path}: torchvision is not installed, so the {IMAGE_ONLY[model_type][0]} is "
                                         "used for images only (PIL image processor; videos need torchvision)")
     from .._quiet import quiet_transformers
 
     with quiet_transformers():  # "falling back to Qwen2VLImageProcessorPil" (what is wanted)
-        return _image_only_class().from_pretrained(path, **kwargs)
+        return _image_only_class(model_type).from_pretrained(path, **kwargs)
 
 
 def left_padded(processor):
@@ -92,7 +104,7 @@ def image_grid(model, processor=None, size: tuple[int, int] = (96, 96)) -> tuple
     """``(H, W)`` visual tokens of one ``size = (height, width)`` image (the base view of AnyRes models).
 
     Fixed-resolution towers (CLIP, SigLIP): ``image_size // patch_size`` a side, whatever the
-    image. Qwen2.5-VL: the processor's ``image_grid_thw`` for a ``size`` image divided by the
+    image. Qwen2.5-VL and Qwen3-VL: the processor's ``image_grid_thw`` for a ``size`` image divided by the
     ``spatial_merge_size`` (``processor`` required).
     """
     from .layouts import merged_grid
