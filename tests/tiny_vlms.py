@@ -112,13 +112,14 @@ def qwen2_5_vl(seed=0, text_layers=2):
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
-def qwen3_vl(seed=0, text_layers=2):
-    """A tiny ``Qwen3VLForConditionalGeneration``: patch 2, 2x2 merge, a 4x4 learned position grid, DeepStack
-    features from both ViT blocks (added after decoder layers 0 and 1), interleaved M-RoPE."""
+def qwen3_vl(seed=0, text_layers=2, deepstack=2):
+    """A tiny ``Qwen3VLForConditionalGeneration``: patch 2, 2x2 merge, a 4x4 learned position grid, a ViT of
+    ``deepstack`` blocks each giving DeepStack features (added after decoder layers ``0 .. deepstack - 1``),
+    interleaved M-RoPE."""
     _seed(seed)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=2,
+    vision = dict(depth=deepstack, hidden_size=32, intermediate_size=64, num_heads=4, in_channels=3, patch_size=2,
                   spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=16,
-                  deepstack_visual_indexes=[0, 1])
+                  deepstack_visual_indexes=list(range(deepstack)))
     text = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
                 pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
