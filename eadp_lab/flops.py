@@ -55,12 +55,15 @@ CONFIGS_DIR = CONFIGS  # data/configs in a clone, the package data when installe
 # Qwen2.5-VL: an image at the model card's max_pixels = 1280*28*28 (one token per 28x28).
 # LLaVA-OneVision: anyres_max_9, base + 9 crops x 27x27 = 7290 (newline tokens not counted).
 # LLaVA-NeXT-Video: 8 frames x 12x12 pooled tokens (the model card's 8-frame example).
+# Qwen3-VL-8B: the EADP authors' Qwen3 setting, a fixed 1024 x 1024 image (patch 16, 2x2 merge: 32 x 32 tokens;
+# Qwen_vl/README.md and model_fixed_res.py of their repository).
 FULL_VISUAL_TOKENS = {
     "llava-hf__llava-1.5-7b-hf": 576,
     "llava-hf__llava-v1.6-vicuna-7b-hf": 2880,
     "Qwen__Qwen2.5-VL-7B-Instruct": 1280,
     "llava-hf__llava-onevision-qwen2-7b-ov-hf": 7290,
     "llava-hf__LLaVA-NeXT-Video-7B-hf": 1152,
+    "Qwen__Qwen3-VL-8B-Instruct": 1024,
 }
 
 _LM_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -112,7 +115,7 @@ def load_config(path):
 def language_model_config(config):
     """The language-model part of a VLM config.
 
-    LLaVA, LLaVA-NeXT, LLaVA-OneVision and LLaVA-NeXT-Video keep it in ``text_config``;
+    LLaVA, LLaVA-NeXT, LLaVA-OneVision, LLaVA-NeXT-Video and Qwen3-VL keep it in ``text_config``;
     Qwen2.5-VL's hub file keeps the text fields at the top level, which transformers (>= 4.5x)
     moves into ``text_config`` on load, so both spellings are accepted. A plain LLM config is
     its own language model. Works on a transformers config or its ``to_dict()``.
@@ -272,7 +275,7 @@ def vision_tower_flops(config, num_images: int = 1, *, flops_per_mac: int = 2) -
 
     Raises:
         ValueError naming ``config`` for towers this count does not describe (Qwen2.5-VL's
-        windowed, gated ViT) or configs without a vision tower.
+        windowed, gated ViT; Qwen3-VL's ViT with its DeepStack mergers) or configs without a vision tower.
     """
     vision = _get(config, "vision_config")
     if vision is None:

@@ -33,6 +33,8 @@ SHIPPED = {
     "Qwen__Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", 3584, 18944, 28, 28, 4, 128, 152064),
     "llava-hf__llava-onevision-qwen2-7b-ov-hf": ("llava_onevision", 3584, 18944, 28, 28, 4, 128, 152128),
     "llava-hf__LLaVA-NeXT-Video-7B-hf": ("llava_next_video", 4096, 11008, 32, 32, 32, 128, 32064),
+    # Qwen3-VL-8B's own Qwen3-8B-shaped LM (GQA 32/8, head 128), not transformers' Qwen3VLTextConfig defaults
+    "Qwen__Qwen3-VL-8B-Instruct": ("qwen3_vl", 4096, 12288, 36, 32, 8, 128, 151936),
 }
 
 
@@ -53,6 +55,28 @@ def test_shipped_config_loads_offline(name):
     assert raw["model_type"] == config.model_type == model_type
     assert language_model_shape(config) == LanguageModelShape(d, m, L, H, H_kv, h, V)
     assert load_config(folder / "config.json").model_type == model_type  # the file path works too
+
+
+def test_qwen3_vl_8b_config_is_the_published_one_not_the_defaults():
+    """The shipped Qwen3-VL-8B file gives the 8B's values where transformers' defaults differ, and its figures."""
+    from transformers import Qwen3VLConfig
+
+    config = load_config(CONFIGS_DIR / "Qwen__Qwen3-VL-8B-Instruct")
+    defaults = Qwen3VLConfig()
+    assert language_model_shape(config) != language_model_shape(defaults)  # 22016 / 32 layers / 32 kv heads there
+    vision = config.vision_config
+    assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.num_heads, vision.patch_size,
+            vision.out_hidden_size, list(vision.deepstack_visual_indexes)) == (27, 1152, 4304, 16, 16, 4096, [8, 16, 24])
+    assert vision.out_hidden_size != defaults.vision_config.out_hidden_size  # 3584 by default
+    rope = config.text_config.rope_parameters
+    assert rope["mrope_section"] == [24, 20, 20] and rope["mrope_interleaved"] and rope["rope_theta"] == 5_000_000
+    assert FULL_VISUAL_TOKENS["Qwen__Qwen3-VL-8B-Instruct"] == (1024 // 16 // 2) ** 2  # the authors' 1024 px input
+    # per layer 2 * (n d H h + 2 n d H_kv h + n H h d + 2 H h n^2 + 3 n d m), 36 layers, n = 1024
+    n, d, m, q, kv = 1024, 4096, 12288, 4096, 1024
+    assert prefill_flops(config, 1024) == 2 * 36 * (n * d * q + 2 * n * d * kv + n * q * d + 2 * q * n * n + 3 * n * d * m)
+    assert round(prefill_flops(config, 1024) / 1e12, 2) == 14.84
+    with pytest.raises(ValueError, match="not a plain CLIP/SigLIP ViT"):
+        vision_tower_flops(config)
 
 
 def test_qwen_hub_layout_is_read_from_the_raw_json_too():
@@ -186,7 +210,7 @@ def test_analytic_table_rows():
     names = list(FULL_VISUAL_TOKENS)
     counts = [reduced_token_counts(FULL_VISUAL_TOKENS[n]) for n in names]
     rows = analytic_table([CONFIGS_DIR / n for n in names], counts)
-    assert len(rows) == 15
+    assert len(rows) == 3 * len(FULL_VISUAL_TOKENS) == 18
     assert set(rows[0]) == {"model", "visual_tokens", "text_tokens", "prefill_tflops", "kv_cache_mib"}
     by = {(r["model"], r["visual_tokens"]): r for r in rows}
     assert by["llava-hf__llava-v1.6-vicuna-7b-hf", 2880]["prefill_tflops"] == pytest.approx(41.65, abs=0.01)
