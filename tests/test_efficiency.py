@@ -141,7 +141,7 @@ def test_handmade_samples_fit_every_family(family):
     assert sample["input_ids"].shape == sample["attention_mask"].shape
     config = model.config
     n = eff.placeholder_count(config, sample["input_ids"])
-    assert n > 0 and sample["input_ids"].shape[1] == n + 5 + 2 + (1 if family != "qwen2_5_vl" else 3)
+    assert n > 0 and sample["input_ids"].shape[1] == n + 5 + 2 + (3 if family in tiny_vlms.QWEN else 1)
     with torch.no_grad():
         model(**sample)  # the placeholder count matches the features
         row = eff.measure_configuration(model, [sample], "pool", 4, repeats=1, warmup=0, max_new_tokens=2)

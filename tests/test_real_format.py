@@ -1,4 +1,4 @@
-"""Tiny checkpoints in the real on-disk formats (llava-1.5, llava-v1.6, Qwen2.5-VL): what a user
+"""Tiny checkpoints in the real on-disk formats (llava-1.5, llava-v1.6, Qwen2.5-VL, Qwen3-VL): what a user
 with the real checkpoints runs (loading, the processor, `Lab`, both benches, chapters 00 and
 04), run here on CPU on :mod:`eadp_lab.bench.tiny_checkpoints`."""
 
@@ -17,8 +17,10 @@ SPECIAL_IDS = {"llava-1.5": {"<image>": 32000, "<pad>": 32001, "<s>": 1, "</s>":
                "llava-v1.6": {"<image>": 32000, "<pad>": 32001, "<s>": 1, "</s>": 2},
                "qwen2.5-vl": {"<|image_pad|>": 151655, "<|vision_start|>": 151652, "<|vision_end|>": 151653,
                               "<|im_start|>": 151644, "<|im_end|>": 151645, "<|endoftext|>": 151643}}
+SPECIAL_IDS["qwen3-vl"] = dict(SPECIAL_IDS["qwen2.5-vl"], **{"<|video_pad|>": 151656})
 CLASSES = {"llava-1.5": "LlavaForConditionalGeneration", "llava-v1.6": "LlavaNextForConditionalGeneration",
-           "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration"}
+           "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration", "qwen3-vl": "Qwen3VLForConditionalGeneration"}
+QWEN_FORMATS = ("qwen2.5-vl", "qwen3-vl")
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +45,27 @@ def test_on_disk_format(tiny, fmt):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.convert_tokens_to_ids(list(SPECIAL_IDS[fmt])) == list(SPECIAL_IDS[fmt].values())
     declared = json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"]
-    assert declared == ("Qwen2Tokenizer" if fmt == "qwen2.5-vl" else "LlamaTokenizer")
+    assert declared == ("Qwen2Tokenizer" if fmt in QWEN_FORMATS else "LlamaTokenizer")
     text = "what colour is the small red circle ?"
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     if fmt == "qwen2.5-vl":
         assert config["image_token_id"] == 151655 and config["text_config"]["vocab_size"] == 152064
         assert tokenizer.padding_side == "right"  # as the real one: load() must switch it
+    elif fmt == "qwen3-vl":  # Qwen/Qwen3-VL-8B-Instruct's layout and files
+        assert config["model_type"] == "qwen3_vl" and config["image_token_id"] == 151655
+        assert config["text_config"]["vocab_size"] == 151936 and config["text_config"]["model_type"] == "qwen3_vl_text"
+        vision = config["vision_config"]
+        assert (vision["patch_size"], vision["spatial_merge_size"], vision["temporal_patch_size"],
+                vision["num_position_embeddings"]) == (16, 2, 2, 2304)
+        assert vision["deepstack_visual_indexes"] and config["tie_word_embeddings"] is False
+        image = json.loads((folder / "preprocessor_config.json").read_text())
+        video = json.loads((folder / "video_preprocessor_config.json").read_text())
+        assert image["processor_class"] == video["processor_class"] == "Qwen3VLProcessor"
+        assert image["patch_size"] == video["patch_size"] == 16 and image["image_mean"] == [0.5, 0.5, 0.5]
+        assert video["video_processor_type"] == "Qwen3VLVideoProcessor"
+        template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+        assert "<|vision_start|><|image_pad|><|vision_end|>" in template and "<|video_pad|>" in template
+        assert tokenizer.padding_side == "right"
     else:
         assert config["image_token_index"] == 32000 and config["text_config"]["vocab_size"] == 32064
         assert config["vision_config"]["image_size"] == 336 and config["vision_config"]["patch_size"] == 14
@@ -68,10 +85,11 @@ def test_load_gives_a_left_padding_processor_that_matches_the_model(tiny, fmt):
     assert (inputs["attention_mask"][:, -1] == 1).all(), "left padding: every row ends with a real token"
 
 
-def test_qwen_lab_facade(tiny):
+@pytest.mark.parametrize("fmt", QWEN_FORMATS)
+def test_qwen_lab_facade(tiny, fmt):
     from eadp_lab.lab import Lab
 
-    model, processor, _, _ = load(tiny["qwen2.5-vl"], None)
+    model, processor, _, _ = load(tiny[fmt], None)
     lab = Lab(model, processor, name="tiny-qwen")
     image = file_questions(tiny["questions"], tiny["images"], limit=1)[0].image
     grid_thw = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"][0]

@@ -109,9 +109,11 @@ QUESTIONS = [
 ]
 # Hand-made prompts: [BOS] + one "USER:" token + placeholders + question + one "ASSISTANT:" token.
 HANDMADE_QUESTION_TOKENS = 20
-# Synthetic image for Qwen2.5-VL-like processors (sizes in pixels, not edges): 48 x 48 patches of
-# 14 px merged 2 x 2 = 576 visual tokens, as many as LLaVA-1.5's 24 x 24 grid.
-QWEN_IMAGE_SIDE = 672
+# Synthetic image for Qwen-VL processors (sizes in pixels, not edges): 48 x 48 patches merged 2 x 2 = 576
+# visual tokens, as many as LLaVA-1.5's 24 x 24 grid: 672 px with Qwen2.5-VL's 14 px patches, 768 px with
+# Qwen3-VL's 16 px ones (QWEN_IMAGE_PATCHES x the processor's patch_size).
+QWEN_IMAGE_PATCHES = 48
+QWEN_IMAGE_SIDE = QWEN_IMAGE_PATCHES * 14
 
 # The built-in tiny LLaVA-1.5: CLIP ViT geometry of llava-1.5 (336 px, patch 14, 24 x 24 = 576
 # tokens, layer -2, CLS dropped) and a LLaMA-shaped language model, both with tiny widths.
@@ -210,8 +212,9 @@ def synthetic_image(height: int, width: int, seed: int = 0):
 def _processor_image_size(processor) -> tuple[int, int]:
     """``(height, width)`` of the image a processor expects (its crop or resize size)."""
     ip = processor.image_processor
-    if hasattr(ip, "merge_size"):  # Qwen2-VL family: size is in pixels (min/max), any side works
-        return QWEN_IMAGE_SIDE, QWEN_IMAGE_SIDE
+    if hasattr(ip, "merge_size"):  # Qwen-VL families: size is in pixels (min/max), any side works
+        side = QWEN_IMAGE_PATCHES * int(getattr(ip, "patch_size", 14) or 14)
+        return side, side
     for size in (getattr(ip, "crop_size", None), getattr(ip, "size", None)):
         size = dict(size or {})
         if "height" in size and "width" in size:
@@ -253,14 +256,14 @@ def handmade_sample(model, seed: int = 0, question_tokens: int = HANDMADE_QUESTI
 
     An image of the vision tower's own size (seeded pixels), as many placeholders as the model
     produces features for it, ``question_tokens`` seeded ordinary token ids, and one fixed
-    token before and after (a stand-in for ``USER:`` / ``ASSISTANT:``). Works for the five
-    supported families; Qwen2.5-VL gets a 48 x 48-patch grid (576 tokens after merging).
+    token before and after (a stand-in for ``USER:`` / ``ASSISTANT:``). Works for every
+    supported family; Qwen2.5-VL and Qwen3-VL get a 48 x 48-patch grid (576 tokens after merging).
 
     Returns:
         ``input_ids`` and ``attention_mask`` ``(1, L)``, the pixels, and what the family
         needs besides (``image_sizes``, ``image_grid_thw``, ``mm_token_type_ids``).
     """
-    from ..models.layouts import family_of
+    from ..models.layouts import family_of, is_qwen
 
     family = family_of(model)
     config = model.config
@@ -271,7 +274,7 @@ def handmade_sample(model, seed: int = 0, question_tokens: int = HANDMADE_QUESTI
     prefix = [text.bos_token_id] if isinstance(text.bos_token_id, int) else []
     question = _text_ids(config, question_tokens + 2, g)
     user, question, assistant = question[:1], question[1:-1], question[-1:]
-    if family == "qwen2_5_vl":
+    if is_qwen(family):
         p, tp, merge = vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size
         grid = torch.tensor([[1, 48, 48]])
         pixels = torch.randn(48 * 48, vision.in_channels * tp * p * p, generator=g).to(dtype)

@@ -15,6 +15,16 @@
   (patch 14, 2x2 merge, temporal patch 2, window attention), the 152064-entry vocabulary with
   Qwen's special ids (``<|image_pad|>`` = 151655, ...), a ``Qwen2Tokenizer`` (byte-level BPE)
   padding on the right as the real one does, ``Qwen2VLImageProcessor`` and a ChatML template.
+- ``qwen3-vl/``: the format of ``Qwen/Qwen3-VL-8B-Instruct``: ``Qwen3VLForConditionalGeneration``
+  (``model_type`` ``qwen3_vl`` with ``text_config`` / ``vision_config``; patch 16, 2x2 merge,
+  temporal patch 2, a learned 48 x 48 position grid (``num_position_embeddings`` 2304),
+  ``deepstack_visual_indexes`` from the ViT's blocks, interleaved M-RoPE ``mrope_section``
+  [24, 20, 20] scaled to the tiny head), the 151936-entry vocabulary with Qwen's special ids, a
+  ``Qwen2Tokenizer``, ``preprocessor_config.json`` (``Qwen2VLImageProcessorFast``, mean and std
+  0.5, 65536 to 16777216 pixels) and ``video_preprocessor_config.json`` (``Qwen3VLVideoProcessor``)
+  as the real repository has them, and the chat template in ``chat_template.json`` (ChatML, no
+  default system prompt, ``<|vision_start|><|image_pad|><|vision_end|>`` per image). Without
+  torchvision the processor loads image-only (:mod:`eadp_lab.models.processors`).
 - ``questions/``: ``questions.jsonl`` (``question_id`` int, ``image``, ``text``, ``answer``,
   ``category``) and its PNG images, from the lab world's held-out split.
 
@@ -34,7 +44,7 @@ import torch
 
 __all__ = ["FORMATS", "build", "build_all", "question_file", "main"]
 
-FORMATS = ("llava-1.5", "llava-v1.6", "qwen2.5-vl")
+FORMATS = ("llava-1.5", "llava-v1.6", "qwen2.5-vl", "qwen3-vl")
 
 LLAMA_SPECIALS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001}
 QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
@@ -218,6 +228,49 @@ def _qwen(out: Path, seed: int) -> Path:
     return out
 
 
+# Qwen3-VL's chat template, reduced to what the lab uses (no tools, no reasoning): ChatML without a default
+# system prompt, each image or video as <|vision_start|><|image_pad|>/<|video_pad|><|vision_end|>.
+QWEN3_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif item['type'] == 'video' %}"
+    "<|vision_start|><|video_pad|><|vision_end|>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN3_MEAN_STD = [0.5, 0.5, 0.5]
+
+
+def _qwen3(out: Path, seed: int) -> Path:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=2304,
+                  deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh")
+    text = dict(vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=262144, bos_token_id=151643,
+                eos_token_id=151645, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                      "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(
+        vision_config=vision, text_config=text, image_token_id=151655, video_token_id=151656,
+        vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    _save_weights(model, out)
+    specials = {k: v for k, v in QWEN_SPECIALS.items()}
+    _save_tokenizer(_bpe_tokenizer("qwen", specials), out, "Qwen2Tokenizer", eos_token="<|im_end|>",
+                    pad_token="<|endoftext|>", unk_token=None, padding_side="right")
+    common = dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=QWEN3_MEAN_STD,
+                  image_std=QWEN3_MEAN_STD, processor_class="Qwen3VLProcessor")
+    (out / "preprocessor_config.json").write_text(json.dumps(
+        dict(size={"longest_edge": 16777216, "shortest_edge": 65536}, **common,
+             image_processor_type="Qwen2VLImageProcessorFast"), indent=2))
+    (out / "video_preprocessor_config.json").write_text(json.dumps(
+        dict(size={"longest_edge": 25165824, "shortest_edge": 4096}, **common,
+             video_processor_type="Qwen3VLVideoProcessor"), indent=2))
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_TEMPLATE}, indent=2))
+    return out
+
+
 def build(fmt: str, out, seed: int = 0) -> Path:
     """Write the tiny checkpoint of format ``fmt`` (one of :data:`FORMATS`) into ``out``; returns ``out``."""
     from .._quiet import quiet_transformers
@@ -233,6 +286,8 @@ def _build(fmt: str, out: Path, seed: int) -> Path:
         return _llava(out, next_=True, seed=seed)
     if fmt == "qwen2.5-vl":
         return _qwen(out, seed)
+    if fmt == "qwen3-vl":
+        return _qwen3(out, seed)
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
 
 
