@@ -214,3 +214,15 @@ def test_hiprune_follows_the_published_qwen3_scores_and_selection():
         want = hiprune_qwen_select(*scores, 5, w // 2, settings.alpha).indices.sort().values
         assert torch.equal(item.kept, want.cpu())
         offset += n
+
+
+def test_accuracy_bench_defaults_to_the_methods_that_attach():
+    """bench accuracy without --methods (what make gpu-check runs) leaves out, and names, the refused methods."""
+    from eadp_lab.bench.accuracy import DEFAULT_METHODS, applicable_methods
+
+    model = T.qwen3_vl()
+    runs, refused = applicable_methods(DEFAULT_METHODS, model, None, None, None, "llm", 8)
+    assert set(refused) == {"visionzip", "pyramiddrop", "sparsevlm"}  # no [CLS]; 2 decoder layers too shallow
+    assert "Qwen3VLForConditionalGeneration" in refused["visionzip"]
+    assert runs == [m for m in DEFAULT_METHODS if m not in refused] and "hiprune" in runs and "fastv" in runs
+    assert not model.model._forward_pre_hooks  # each attached and removed

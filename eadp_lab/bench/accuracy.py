@@ -206,13 +206,39 @@ def scoring_notice(scoring: str, clip_name: str | None, sign: float | None, sign
     return f"scoring {where}; similarity sign {signed} ({sign_source})"
 
 
+def applicable_methods(names, model, processor, clip, clip_tokenizer, scoring: str, budget: int
+                       ) -> tuple[list[str], dict[str, str]]:
+    """``(runs, refused)``: the methods of ``names`` (registry names or ablations; ``"none"`` always runs) that
+    :func:`eadp_lab.attach` accepts on ``model`` at ``budget``, in order, and ``{name: its one-line reason}`` for
+    the others. Nothing runs: each is attached and removed."""
+    from ..models import attach
+    from ..models.layouts import family_of
+
+    runs, refused = [], {}
+    for name in names:
+        if name == "none":
+            runs.append(name)
+            continue
+        registry, settings = method_settings(name, family_of(model))
+        try:
+            attach(model, registry, budget=budget, scoring=scoring, settings=settings, clip=clip,
+                   clip_tokenizer=clip_tokenizer, tokenizer=getattr(processor, "tokenizer", None)).remove()
+        except ValueError as exc:
+            refused[name] = str(exc)
+            continue
+        runs.append(name)
+    return runs, refused
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eadp_lab bench accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=cli_int(0), default=0, help="held-out seed of the lab questions (and random's draws)")
     parser.add_argument("--questions", type=int, default=500, help="lab questions (or the first Q of --question-file)")
     parser.add_argument("--budgets", type=_csv_ints, default=list(DEFAULT_BUDGETS), help="tokens kept per image")
-    parser.add_argument("--methods", type=_csv_methods, default=list(DEFAULT_METHODS))
+    parser.add_argument("--methods", type=_csv_methods, default=None,
+                        help="default: every method of DEFAULT_METHODS that attaches to the model (the refused ones, "
+                             "e.g. VisionZip on a tower without [CLS], are said and left out)")
     parser.add_argument("--json", default=None, help="write the results here (atomically)")
     parser.add_argument("--question-file", default=None, help="LLaVA-eval jsonl (question_id, image, text, answer?)")
     parser.add_argument("--image-folder", default=None, help="folder the question file's images are relative to")
@@ -278,8 +304,14 @@ def main(argv=None) -> int:
     clip_name = None if clip is None else str(args.clip or "data/models/lab-clip")
     print(scoring_notice(scoring, clip_name, sign, sign_source), file=sys.stderr)
     model_id = str(args.model or "lab-llava")
+    methods = args.methods
+    if methods is None:
+        methods, refused = applicable_methods(DEFAULT_METHODS, model, processor, clip, clip_tokenizer, scoring,
+                                              min(args.budgets))
+        for name, why in refused.items():
+            print(f"note: {name} left out: {why}", file=sys.stderr)
     try:
-        results = run(questions, args.methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
+        results = run(questions, methods, args.budgets, model, processor, clip, clip_tokenizer, scoring,
                       args.batch, args.seed, max_new_tokens, args.sign, positions=args.positions,
                       answers_file=args.answers_file, model_id=model_id, overwrite=args.overwrite)
     except (AnswersFileError, OutputPathError) as exc:  # an answers file of other settings, locked, or unwritable
