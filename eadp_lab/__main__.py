@@ -1,5 +1,5 @@
-"""``python -m eadp_lab bench NAME ...``, ``python -m eadp_lab probe ...`` and ``python -m eadp_lab study
-failure-axes ...``: the project's commands."""
+"""``python -m eadp_lab bench NAME ...``, ``python -m eadp_lab probe ...``, ``python -m eadp_lab study
+failure-axes ...`` and ``python -m eadp_lab lmms-task ...``: the project's commands."""
 
 import sys
 
@@ -12,6 +12,10 @@ def main(argv=None) -> int:
         from .labmodels.probe import main as probe_main
 
         return probe_main(argv[1:])
+    if argv and argv[0] == "lmms-task":
+        from .harness.task import main as task_main
+
+        return task_main(argv[1:])
     if len(argv) >= 2 and argv[0] == "study" and argv[1] in STUDIES:
         from .failure_axes import main as study_main
 
@@ -21,6 +25,7 @@ def main(argv=None) -> int:
 
         print(f"usage: python -m eadp_lab bench {{{','.join(sorted(COMMANDS))}}} ...\n"
               "       python -m eadp_lab probe [--seed S] [--scenes N] [--json OUT]\n"
+              "       python -m eadp_lab lmms-task --question-file F --image-folder D --out TASKS\n"
               f"       python -m eadp_lab study {{{','.join(STUDIES)}}} --json OUT [--seed S] [--questions Q] "
               "[--budgets 28,14] [--threads N]", file=sys.stderr)
         return 2

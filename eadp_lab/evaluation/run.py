@@ -46,13 +46,11 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
     """
     from contextlib import nullcontext
 
-    from ..models import attach, family_of
-    from ..models.processors import left_padded
+    from ..models import family_of
 
     family = family_of(model)
     model_id = model_id or model_id_of(model)
     sign = run_sign(sign, scoring, clip)
-    tokenizer = left_padded(processor).tokenizer
     asked = {q.qid for q in questions}
     if len(asked) != len(questions):
         raise ValueError("every question needs its own question_id (answers are kept by it)")
@@ -62,7 +60,6 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
                     open_answers(answers_file, run, questions, overwrite=overwrite))
     kept, named, spacing, seconds = [], [], [], 0.0
     start = time.perf_counter()
-    suppress = [t for t in (getattr(model.config, "image_token_id", None),) if t is not None]
     with sink_context as (done, sink):
         answers = {qid: a for qid, a in done.items() if qid in asked}
         todo = [q for q in questions if q.qid not in answers]
@@ -70,18 +67,14 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
             bar.update(len(answers))
         for b, i in enumerate(range(0, len(todo), batch)):
             chunk = todo[i : i + batch]
-            inputs = to_model(processor(images=[q.image for q in chunk], text=[prompt_for(processor, q.text)
-                                        for q in chunk], return_tensors="pt", padding=True), model)
             method, settings = method_settings(name, family, b, seed, sign)
-            with attach(model, method, budget=budget, scoring=scoring, settings=settings, clip=clip,
-                        clip_tokenizer=clip_tokenizer, tokenizer=tokenizer, positions=positions) as pruner:
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     suppress_tokens=suppress or None)
-                record = pruner.last
+            texts, record = answer_batch(model, processor, [q.image for q in chunk], [q.text for q in chunk],
+                                         method, budget, settings=settings, scoring=scoring, clip=clip,
+                                         clip_tokenizer=clip_tokenizer, positions=positions,
+                                         max_new_tokens=max_new_tokens)
             seconds += record.seconds
             kept += [it.tokens_after for it in record.items]
             spacing += [kept_spacing(it.kept, it.layout.rows, it.layout.grids) for it in record.items]
-            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             items = {it.sample: it for it in record.items}
             for j, (q, text) in enumerate(zip(chunk, texts)):
                 seen = named_kept(q, items[j]) if j in items else None
@@ -117,6 +110,36 @@ def evaluate(model, processor, questions: list[Question], name: str, budget: int
         "hits": hits,  # per question, for paired comparisons of runs
         "answers": [answers[q.qid] for q in questions],
     }
+
+
+@torch.no_grad()
+def answer_batch(model, processor, images: list, questions: list[str], method: str, budget: int | float, *,
+                 settings=None, scoring: str = "clip", clip=None, clip_tokenizer=None, positions: str = "renumber",
+                 max_new_tokens: int = 3, **generate) -> tuple[list[str], object]:
+    """One batch answered with registry ``method`` at ``budget`` attached: ``(answers, record)``.
+
+    ``images[i]`` (an ``(H, W, 3)`` array or a PIL image) goes with ``questions[i]`` into the
+    prompt :func:`~eadp_lab.evaluation.loading.prompt_for` writes; the processor pads the batch
+    on the left and it goes to the model's device. ``model.generate`` runs greedy unless
+    ``generate`` says otherwise (its other keywords, e.g. ``do_sample``, ``temperature``), never
+    emitting the image placeholder. ``answers``: the generated text of each question (special
+    tokens dropped); ``record``: the pruner's :class:`~eadp_lab.models.attach.CallRecord` of the
+    prefill (kept tokens per item, ``seconds`` spent selecting). The loop of :func:`evaluate` and
+    of the lmms-eval model (:mod:`eadp_lab.harness`).
+    """
+    from ..models import attach
+    from ..models.processors import left_padded
+
+    tokenizer = left_padded(processor).tokenizer
+    inputs = to_model(processor(images=list(images), text=[prompt_for(processor, q) for q in questions],
+                                return_tensors="pt", padding=True), model)
+    suppress = [t for t in (getattr(model.config, "image_token_id", None),) if t is not None]
+    generate = {"do_sample": False, "suppress_tokens": suppress or None, **generate}
+    with attach(model, method, budget=budget, scoring=scoring, settings=settings, clip=clip,
+                clip_tokenizer=clip_tokenizer, tokenizer=tokenizer, positions=positions) as pruner:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate)
+        record = pruner.last
+    return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True), record
 
 
 def run_sign(sign, scoring: str, clip):
