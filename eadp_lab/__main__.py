@@ -1,5 +1,6 @@
 """``python -m eadp_lab bench NAME ...``, ``python -m eadp_lab probe ...``, ``python -m eadp_lab study
-failure-axes ...`` and ``python -m eadp_lab lmms-task ...``: the project's commands."""
+failure-axes ...``, ``python -m eadp_lab lmms-task ...`` and ``python -m eadp_lab lmms-summary ...``: the
+project's commands."""
 
 import sys
 
@@ -16,6 +17,10 @@ def main(argv=None) -> int:
         from .harness.task import main as task_main
 
         return task_main(argv[1:])
+    if argv and argv[0] == "lmms-summary":
+        from .harness.summary import main as summary_main
+
+        return summary_main(argv[1:])
     if len(argv) >= 2 and argv[0] == "study" and argv[1] in STUDIES:
         from .failure_axes import main as study_main
 
@@ -26,6 +31,7 @@ def main(argv=None) -> int:
         print(f"usage: python -m eadp_lab bench {{{','.join(sorted(COMMANDS))}}} ...\n"
               "       python -m eadp_lab probe [--seed S] [--scenes N] [--json OUT]\n"
               "       python -m eadp_lab lmms-task --question-file F --image-folder D --out TASKS\n"
+              "       python -m eadp_lab lmms-summary RUN_FOLDER ... [--csv OUT]\n"
               f"       python -m eadp_lab study {{{','.join(STUDIES)}}} --json OUT [--seed S] [--questions Q] "
               "[--budgets 28,14] [--threads N]", file=sys.stderr)
         return 2

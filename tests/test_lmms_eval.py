@@ -21,6 +21,7 @@ from eadp_lab.config import EADPConfig
 from eadp_lab.evaluation import ModelLoadError, QuestionFileError
 from eadp_lab.harness import harness_args
 from eadp_lab.harness.requests import batches, generate_kwargs, output_folder, records_path, until_cut
+from eadp_lab.harness.summary import read_run, summary_frame
 from eadp_lab.harness.task import doc_to_text, process_results, write_task
 from eadp_lab.paths import MODELS
 
@@ -164,6 +165,35 @@ def test_records_go_beside_lmms_evals_output(tmp_path):
     assert records_path("mine.jsonl", "eadp", 64, []) == Path("mine.jsonl")
 
 
+def _fake_run(folder: Path, method: str, budget: int, scores: dict, kept: list[int]) -> Path:
+    """A run's folder as lmms-eval and the model write it: results JSON and a records file."""
+    (folder / "model").mkdir(parents=True)
+    results = {task: {"alias": task, f"{metric},none": value, f"{metric}_stderr,none": 0.1}
+               for (task, metric), value in scores.items()}
+    (folder / "model" / "20261207_000000_results.json").write_text(json.dumps({
+        "results": results, "config": {"model": "eadp_lab", "model_args": f"pretrained=m,method={method},budget={budget}"}}))
+    (folder / f"eadp_lab_{method}_{budget}_x.jsonl").write_text("".join(
+        json.dumps({"method": method, "budget": budget, "tokens_before": 576, "tokens_after": k,
+                    "pruning_seconds": 0.002}) + "\n" for k in kept))
+    return folder
+
+
+def test_the_summary_sets_each_score_beside_the_unpruned_runs(tmp_path):
+    none = read_run(_fake_run(tmp_path / "none", "none", 64, {("pope", "pope_f1_score"): 0.8,
+                                                             ("gqa", "exact_match"): 0.6}, [576, 576]))
+    eadp = read_run(_fake_run(tmp_path / "eadp", "eadp", 64, {("pope", "pope_f1_score"): 0.6,
+                                                             ("gqa", "exact_match"): 0.3}, [64, 62]))
+    scores, costs = summary_frame([none, eadp])
+    assert scores.loc[("pope", "pope_f1_score"), "eadp 64 / none"] == pytest.approx(0.75)
+    assert scores.loc[("gqa", "exact_match"), "eadp 64 / none"] == pytest.approx(0.5)
+    assert "exact_match_stderr" not in scores.index.get_level_values("metric")
+    assert costs.loc["eadp 64", "tokens_after"] == 63 and costs.loc["eadp 64", "pruning_ms"] == pytest.approx(2)
+    with pytest.raises(ValueError, match="no lmms-eval results"):
+        read_run(tmp_path)
+    with pytest.raises(ValueError, match="same method and budget"):
+        summary_frame([eadp, eadp])
+
+
 # --- lmms-eval's own command line, in .venv-lmms -----------------------------------------------------------------
 
 def _lmms_python() -> str:
@@ -259,6 +289,12 @@ def test_lmms_eval_answers_as_bench_accuracy_does_on_the_lab_llava(tiny, questio
         results = json.loads(files["results"][0].read_text())["results"]["eadp_lab_qa"]
         assert results["exact_match,none"] == pytest.approx(accuracy[method], abs=5e-5)  # bench rounds to 4 places
         assert {r["tokens_after"] for r in _jsonl(files["records"][0])} == {256 if method == "none" else 28}
+    summary = subprocess.run([sys.executable, "-m", "eadp_lab", "lmms-summary", str(tmp_path / "none" / "out"),
+                              str(tmp_path / "eadp" / "out")], capture_output=True, text=True, check=True)
+    row = next(line for line in summary.stdout.splitlines() if line.startswith("eadp_lab_qa"))
+    none, eadp, share = map(float, row.split()[-3:])
+    assert (none, eadp) == (pytest.approx(accuracy["none"], abs=1e-4), pytest.approx(accuracy["eadp"], abs=1e-4))
+    assert share == pytest.approx(accuracy["eadp"] / accuracy["none"], abs=1e-3)
 
 
 @pytest.mark.slow
