@@ -28,7 +28,7 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 
 pytestmark = pytest.mark.book
 
-PAGES = ["methods.html"]  # pages of book/*.md that must render like the chapters (math included)
+PAGES = ["methods.html", "lmms_eval.html"]  # pages of book/*.md that must render like the chapters
 
 
 def chapters() -> list[str]:
@@ -59,10 +59,11 @@ def browser():
         b.close()
 
 
-def test_the_methods_page_is_in_the_build():
+@pytest.mark.parametrize("page", PAGES)
+def test_the_books_own_pages_are_in_the_build(page):
     if not (HTML / "index.html").exists():
         pytest.fail("the book is not built: run `make book` (book/_build/html is missing)")
-    assert (HTML / "methods.html").exists(), "book/methods.md is missing from the built book (book/_toc.yml)"
+    assert (HTML / page).exists(), f"book/{Path(page).stem}.md is missing from the built book (book/_toc.yml)"
 
 
 def test_every_chapter_is_in_the_build():

@@ -310,3 +310,22 @@ def test_lmms_eval_refuses_bad_model_args_before_loading_the_model(tiny, tmp_pat
     log, files = lmms_eval(model_args.format(llava=tiny["llava-1.5"], blip=blip), tiny["tasks"], tmp_path)
     assert message in log
     assert "Loading weights" not in log and not files["records"] and not files["results"]
+
+
+def test_the_book_pages_table_is_the_papers_table_1():
+    """book/lmms_eval.md quotes the EADP paper's averages with their shares of the unpruned 64.9: the same
+    figures as eadp_lab.field.PAPER_TABLE1, and shares computed from them."""
+    import re
+
+    from eadp_lab.field import PAPER_TABLE1, PAPER_UNPRUNED
+
+    names = {"eadp": "EADP", "cdpruner": "CDPruner", "divprune": "DivPrune", "visionzip": "VisionZip", "dart": "DART",
+             "hiprune": "HiPrune", "sparsevlm": "SparseVLM", "pyramiddrop": "PyramidDrop", "fastv": "FastV"}
+    page = (ROOT / "book" / "lmms_eval.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w[\w+]*) \| (.*) \|$", page, re.M)}
+    for method, name in names.items():
+        cells = [c.strip() for c in rows[name].split("|")]
+        for tokens, cell in zip((128, 64, 32), cells):
+            value = PAPER_TABLE1[method].get(tokens)
+            assert cell == ("-" if value is None else f"{value:.1f} ({100 * value / PAPER_UNPRUNED:.1f}%)"), (name, tokens)
+    assert set(PAPER_TABLE1) == set(names)  # PruMerge+ and TRIM are not in it: not in the registry
