@@ -329,3 +329,40 @@ def test_the_book_pages_table_is_the_papers_table_1():
             value = PAPER_TABLE1[method].get(tokens)
             assert cell == ("-" if value is None else f"{value:.1f} ({100 * value / PAPER_UNPRUNED:.1f}%)"), (name, tokens)
     assert set(PAPER_TABLE1) == set(names)  # PruMerge+ and TRIM are not in it: not in the registry
+
+
+PROCESSOR_CHECK = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import AutoImageProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+backend = AutoImageProcessor.from_pretrained(sys.argv[1])  # torchvision's, here
+pil = Qwen2VLImageProcessorPil.from_pretrained(sys.argv[1])  # the fallback of .venv, which has no torchvision
+rng = np.random.default_rng(0)
+rows = []
+for size in [(96, 96), (240, 320), (333, 517), (1024, 768)]:
+    image = Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8))
+    a, b = backend(images=[image], return_tensors="pt"), pil(images=[image], return_tensors="pt")
+    gap = (a["pixel_values"] - b["pixel_values"]).abs()
+    rows.append({"size": size, "backend": type(backend).__name__, "grid": a["image_grid_thw"].tolist(),
+                 "pil_grid": b["image_grid_thw"].tolist(), "max": float(gap.max()), "mean": float(gap.mean())})
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["qwen2.5-vl", "qwen3-vl"])
+def test_the_pil_fallback_gives_the_torchvision_processors_grids(tiny, fmt):
+    """.venv has no torchvision, so Qwen images go through transformers' PIL image processor; .venv-lmms has
+    torchvision, whose backend the full processor uses: the same grids (so the same visual-token counts and
+    budgets), pixel values within resampling rounding (a mean gap under 0.01 in normalised units)."""
+    run = subprocess.run([_lmms_python(), "-c", PROCESSOR_CHECK, str(tiny[fmt])], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(r["backend"] == "Qwen2VLImageProcessor" for r in rows)  # the torchvision one, not the PIL one
+    for r in rows:
+        assert r["grid"] == r["pil_grid"], r
+        assert r["mean"] < 0.01, r
