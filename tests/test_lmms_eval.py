@@ -331,6 +331,36 @@ def test_the_book_pages_table_is_the_papers_table_1():
     assert set(PAPER_TABLE1) == set(names)  # PruMerge+ and TRIM are not in it: not in the registry
 
 
+MULTIPLE_CHOICE = """\
+task: eadp_lab_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_choice: ["yes", "no"]
+doc_to_target: 0
+metric_list:
+  - metric: acc
+"""
+
+
+@pytest.mark.slow
+def test_lmms_eval_refuses_a_loglikelihood_task_by_name(tiny, tmp_path):
+    """A multiple-choice task asks for loglikelihoods, which this model does not compute: the run stops with a
+    message naming the task and what to use instead, and reports no score."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "utils.py").write_text((tiny["tasks"] / "utils.py").read_text())
+    (tasks / "eadp_lab_mc.yaml").write_text(MULTIPLE_CHOICE.format(data=tiny["tasks"] / "eadp_lab_qa.jsonl"))
+    log, files = lmms_eval(f"pretrained={tiny['llava-1.5']},method=eadp,budget=8", tasks, tmp_path, task="eadp_lab_mc")
+    assert "task(s) eadp_lab_mc ask for loglikelihoods" in log and "generate_until tasks only" in log, log[-3000:]
+    assert not files["results"]
+
+
 PROCESSOR_CHECK = """
 import json, sys
 import numpy as np
