@@ -34,14 +34,13 @@ from ..config import EADPConfig
 from ..methods import METHODS, PruneInputs, PruneResult, prune
 from ..methods.base import resolve_settings, selection_result
 from ..methods.settings import DEFAULT_PRESETS, clip_similarity_sign, default_settings
+from .decoder import _CLASS_METHOD  # marks a wrapped method the instance did not own: remove() deletes the wrapper
 from .layouts import ItemLayout, family_of, is_qwen, item_layouts
 from .scorers import CLIPScorer, LLMScorer, load_clip
 
 __all__ = ["attach", "attached", "Pruner", "ItemRecord", "CallRecord", "DEFAULT_PRESETS", "TEMPLATE_TAIL",
            "TEMPLATE_HEAD", "item_inputs", "special_token_ids"]
 
-
-_CLASS_METHOD = object()  # marks a wrapped method the instance did not own: remove() deletes the wrapper
 
 # Chat-template text after the instruction, stripped from the prompt before scoring.
 TEMPLATE_TAIL = re.compile(r"\s*(ASSISTANT:|\[/INST\]|(<\|im_start\|>)?\s*assistant)\s*$", re.IGNORECASE)
