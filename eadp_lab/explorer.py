@@ -402,15 +402,18 @@ class Explorer:
                     "tokens there (its budget table scaled to this image), plus the tokens it recycles by merging. ")
         elif registry == "hiprune":
             from .methods.base import read_layer
+            from .methods.hiprune import HiPruneQwenSettings
 
             vdepth = self._vision_depth()
-            shallow = settings.layers(vdepth)[0]
-            deep = read_layer(vdepth, self.lab.model.config.vision_feature_layer)
+            shallow, deep = settings.layers(vdepth)
+            qwen = isinstance(settings, HiPruneQwenSettings)  # Qwen's ViT has no vision_feature_layer: its last block
+            if not qwen:
+                deep = read_layer(vdepth, self.lab.model.config.vision_feature_layer)
             text = (f"hiprune selects in the vision encoder: anchors by the attention patches receive in encoder "
                     f"layer {shallow + 1} of {vdepth} (1-based; published object layer {settings.object_layer} of "
-                    f"{settings.published_depth}), their grid neighbours, then the rest by layer {deep + 1}, the "
-                    "layer the model reads. Its record holds no score and no anchor/buffer split, so the middle "
-                    "panel has nothing to show. ")
+                    f"{settings.published_depth}), their grid neighbours, then the rest by layer {deep + 1}, "
+                    + ("the last block, as the published Qwen variant reads it" if qwen else "the layer the model reads")
+                    + ". Its record holds no score and no anchor/buffer split, so the middle panel has nothing to show. ")
         elif registry == "visionzip":
             from .methods.visionzip import split_budget
 

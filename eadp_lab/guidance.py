@@ -37,6 +37,7 @@ __all__ = [
     "with_text",
     "token_group",
     "token_groups",
+    "token_word",
     "entropy_at",
     "filter_share",
     "separation",
@@ -45,6 +46,7 @@ __all__ = [
 # Groups of text positions, in plotting order. The paper scores the first four; the published
 # code also scores "start", "end" and "padding" (every position of CLIP's zero-padded input).
 GROUPS = ("content", "other", "function", "punctuation", "start", "end", "padding")
+WORD_MARKS = ("\u2581", "\u0120")  # SentencePiece's ▁ and byte-level BPE's Ġ: a word starts here
 SPECIAL_GROUPS = {"<s>": "start", "</s>": "end", "<pad>": "padding",
                   "<|startoftext|>": "start", "<|endoftext|>": "end"}
 
@@ -219,21 +221,31 @@ def token_group(token: str, specials: dict | None = None) -> str:
     (``object``, ``image``), attribute names (``colour``, ``size``) and answers; ``function``
     and ``punctuation``; ``start``, ``end``, ``padding``: the special positions (``specials``
     maps a token string to its group; default the lab's and CLIP's). A word the world never
-    writes is ``other`` (``punctuation`` if it has no letter or digit). CLIP BPE's ``</w>``
-    suffix is ignored.
+    writes is ``other`` (``punctuation`` if it has no letter or digit). The marks tokenizers put
+    on a word are ignored: CLIP BPE's ``</w>`` suffix, SentencePiece's ``▁`` (LLaMA, Vicuna) and
+    byte-level BPE's ``Ġ`` (Qwen) prefix, so a real checkpoint's ``'▁the'`` and ``'Ġthe'`` are
+    ``function`` as the lab's ``'the'`` is. A word the tokenizer splits into pieces (``'Ġb'``,
+    ``'el'``, ``'ow'``) is ``other``, piece by piece.
     """
     from .world import CONTENT_KINDS, vocabulary
 
     table = SPECIAL_GROUPS if specials is None else specials
     if token in table:
         return table[token]
-    word = token[:-4] if token.endswith("</w>") else token
+    word = token_word(token)
     kind = vocabulary().get(word.lower())
     if kind is None:
         return "other" if any(c.isalnum() for c in word) else "punctuation"
     if kind in CONTENT_KINDS:
         return "content"
     return kind if kind in ("function", "punctuation") else "other"
+
+
+def token_word(token: str) -> str:
+    """``token`` without the word marks of CLIP BPE (``</w>`` suffix), SentencePiece (``▁`` prefix)
+    and byte-level BPE (``Ġ`` prefix): ``'▁the'``, ``'Ġthe'`` and ``'the</w>'`` are ``'the'``."""
+    word = token[:-4] if token.endswith("</w>") else token
+    return word[1:] if word[:1] in WORD_MARKS else word
 
 
 def token_groups(tokens: Sequence[str], specials: dict | None = None) -> list[str]:

@@ -98,6 +98,18 @@ def test_token_groups():
     assert gd.token_group("X", {"X": "padding"}) == "padding"
 
 
+def test_token_groups_of_real_tokenizers():
+    """A real checkpoint's tokens carry its tokenizer's word marks: LLaMA's SentencePiece '▁', Qwen's
+    byte-level 'Ġ'; without them, no word of a Qwen prompt was a function or content word."""
+    assert [gd.token_word(t) for t in ("\u2581the", "\u0120red", "red</w>", "el", "\u0120", "?")] == \
+        ["the", "red", "red", "el", "", "?"]
+    qwen = ["can", "\u0120you", "\u0120the", "\u0120colour", "\u0120b", "el", "ow", "\u0120yellow", "\u0120star", "\u0120?"]
+    assert gd.token_groups(qwen) == ["function", "function", "function", "other", "other", "other", "other",
+                                     "content", "content", "punctuation"]
+    llama = ["\u2581what", "\u2581colour", "\u2581is", "\u2581the", "\u2581red", "\u2581star", "\u2581?"]
+    assert gd.token_groups(llama) == gd.token_groups(["what", "colour", "is", "the", "red", "star", "?"])
+
+
 def test_entropy_at_matches_scoring_and_bounds():
     g = torch.Generator().manual_seed(0)
     sim = torch.rand(3, 10, generator=g) * 2 - 1

@@ -473,6 +473,8 @@ def test_alignment_frame_sets_clips_side_by_side_with_their_declared_signs():
     row = frame[(frame["clip"] == "a") & (frame.sign == -1.0) & (frame.kind == "colour")].iloc[0]
     assert row.pointing == direct["-1"]["colour"]["pointing"] and row.entropy == direct["-1"]["colour"]["entropy"]
     assert frame[frame.kind == "function"].pointing.isna().all()  # function words name no object
+    # records sampled for another model's grid (a Qwen checkpoint's 8 x 8): masks redrawn on the CLIP's 16 x 16
+    assert alignment(*load_clip(LAB_CLIP, dtype=torch.float32), sample("heldout", 6, seed=2, grid=(8, 8))) == direct
 
 
 def test_compare_weights_tells_a_bitwise_rerun_from_a_different_one(tmp_path):

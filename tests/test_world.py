@@ -24,6 +24,7 @@ from eadp_lab.world import (
     ask,
     caption,
     coverage_from_labels,
+    coverage_on,
     dense_coverage,
     make_record,
     object_phrases,
@@ -437,6 +438,19 @@ def test_tiny_objects_occur_and_have_patch_masks(records):
         assert patch_masks(r.coverage)[k].any()
         ci, cj = int(o.y // 6), int(o.x // 6)  # the patch holding its centre is covered
         assert r.coverage[k, ci, cj] > 0 or o.shape in ("cross", "star", "triangle")
+
+
+def test_coverage_on_another_grid_is_the_scene_drawn_on_it():
+    """Records sampled for one model's grid give the object masks of another's (a lab CLIP's 16 x 16
+    against a Qwen checkpoint's 8 x 8): the same coverage as records sampled on that grid."""
+    on_8 = sample("heldout", 4, seed=5, grid=(8, 8))
+    on_16 = sample("heldout", 4, seed=5, grid=(16, 16))
+    for a, b in zip(on_8, on_16):
+        assert coverage_on(a, (8, 8)) is a.coverage  # its own grid: unchanged
+        assert np.array_equal(coverage_on(a, (16, 16)), b.coverage)
+        assert np.array_equal(coverage_on(b, (8, 8)), a.coverage)
+    unmasked = sample("heldout", 1, seed=5, grid=None)[0]
+    assert np.array_equal(coverage_on(unmasked, (16, 16)), on_16[0].coverage)
 
 
 def test_coverage_matches_the_drawn_area():

@@ -25,6 +25,7 @@ import torch
 from .. import scoring
 from ..world.captions import caption
 from ..world.grounding import patch_masks
+from ..world.sample import coverage_on
 from .build import pixel_values, scoring_patches, vision_states
 from ..world.seeds import record_rng
 from ..world.vocab import token_kind
@@ -50,7 +51,8 @@ def token_grounding(clip, tokenizer, records, text: str = "question", temperatur
 
     Args:
         clip: the lab ``CLIPModel``; tokenizer: its tokenizer.
-        records: :class:`eadp_lab.world.Record` objects (with ``coverage``).
+        records: :class:`eadp_lab.world.Record` objects; their object masks are drawn on the CLIP's
+            grid (:func:`eadp_lab.world.coverage_on`), whatever grid they were sampled for.
         text: ``"question"`` (the instructions EADP scores) or ``"caption"``.
         signs: similarity signs to compute entropies for (``+1``: the natural one; ``-1``:
             every published EADP preset's ``sigma``).
@@ -66,6 +68,10 @@ def token_grounding(clip, tokenizer, records, text: str = "question", temperatur
         raise ValueError(f"text must be 'question' or 'caption', got {text!r}")
     scorer = CLIPScorer(clip, tokenizer, "content")
     V = scoring_embeddings(clip, np.stack([r.image for r in records]))  # (B, N, C)
+    vision = clip.config.vision_config
+    grid = (vision.image_size // vision.patch_size,) * 2  # records drawn for another model's grid are redrawn
+    if grid[0] * grid[1] != V.shape[1]:
+        raise ValueError(f"the CLIP gives {V.shape[1]} patches, not its {grid[0]} x {grid[1]} grid")
     rows = []
     for b, record in enumerate(tqdm(records, desc=f"grounding ({text}s)", disable=not progress)):
         source = record.question if text == "question" else record.caption
@@ -75,7 +81,7 @@ def token_grounding(clip, tokenizer, records, text: str = "question", temperatur
         if len(positions) != len(words):
             raise ValueError(f"the tokenizer split {source.text!r} into {len(positions)} words, not {len(words)}")
         S = emb.dense[:, :, positions]  # (1, 1, L, C)
-        masks = patch_masks(record.coverage)  # (K, gh, gw)
+        masks = patch_masks(coverage_on(record, grid))  # (K, gh, gw) on the CLIP's own grid
         objects = masks.reshape(len(masks), -1).any(0)  # (N,) patches on any object
         per_sign = {}
         for sign in signs:

@@ -23,7 +23,7 @@ from .multicrop import MultiCropRecord, cut, make_multicrop_record, sample_multi
 from .questions import Question, ask, describe
 from .grounding import coverage_from_labels, patch_coverage, patch_masks, pointing_hits, token_masks
 from .render import label_map, render, render_with_labels
-from .sample import Record, dense_coverage, make_record, sample, sparse_coverage
+from .sample import Record, coverage_on, dense_coverage, make_record, sample, sparse_coverage
 from .scenes import Background, Obj, Scene, matches, relation_holds, sample_scene
 from .seeds import SPLITS, record_rng
 from .vocab import CONTENT_KINDS, GROUNDED_KINDS, KINDS, is_content, is_grounded, token_kind, vocabulary
@@ -42,6 +42,7 @@ __all__ = [
     "label_map", "patch_coverage", "coverage_from_labels", "patch_masks", "token_masks", "pointing_hits",
     "sparse_coverage",
     "dense_coverage",
+    "coverage_on",
     # vocabulary
     "vocabulary", "token_kind", "is_content", "is_grounded", "KINDS", "CONTENT_KINDS", "GROUNDED_KINDS",
     "COLOURS", "SHAPES", "SIZES", "COUNT_WORDS", "RELATIONS",

@@ -20,13 +20,13 @@ import numpy as np
 from .captions import Caption, caption
 from .config import WorldConfig
 from .questions import Question, ask
-from .grounding import coverage_from_labels
+from .grounding import coverage_from_labels, patch_coverage
 from .render import render_with_labels
 from .scenes import Scene, sample_scene
 from .seeds import (SPLITS, STREAMS, check_config, check_count, check_seed, check_split, record_rng, resolve_grid,
                     run, slot)
 
-__all__ = ["Record", "make_record", "sample", "sparse_coverage", "dense_coverage", "filler_rng"]
+__all__ = ["Record", "make_record", "sample", "sparse_coverage", "dense_coverage", "filler_rng", "coverage_on"]
 
 _MAX_REDRAWS = 100
 
@@ -81,6 +81,20 @@ def dense_coverage(sparse: list, grid: tuple[int, int]) -> np.ndarray:
         for i, v in pairs:
             out[k, i] = v
     return out.reshape(len(sparse), *grid)
+
+
+def coverage_on(record: Record, grid: tuple[int, int]) -> np.ndarray:
+    """``(K, gh, gw)`` float32: ``record``'s patch coverage on the token grid ``grid``.
+
+    The record's own ``coverage`` when it was drawn on ``grid``, else the scene's coverage drawn
+    on ``grid`` (:func:`~eadp_lab.world.grounding.patch_coverage`): the object masks of a model
+    whose grid is not the one the records were sampled for (a lab CLIP's 16 x 16 against a
+    Qwen checkpoint's own grid).
+    """
+    grid = (int(grid[0]), int(grid[1]))
+    if record.coverage is not None and tuple(record.coverage.shape[1:]) == grid:
+        return record.coverage
+    return patch_coverage(record.scene, grid)
 
 
 def filler_rng(split: str, seed: int, index: int) -> np.random.Generator:
