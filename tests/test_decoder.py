@@ -200,6 +200,18 @@ def test_prune_refuses_an_in_llm_method_and_attach_checks_the_depth_and_attentio
     assert eadp_lab.attached(model) is None
 
 
+def test_attach_refuses_a_budget_below_darts_image_pivots():
+    """DART always keeps its pivot_image pivots: a smaller budget is refused when attaching, not at the first call
+    (chapter 04 and Lab.applicable then name it instead of failing mid-run)."""
+    model = T.llava(text_layers=4)
+    with pytest.raises(ValueError, match="dart keeps at least 4 visual tokens per sample: budget 2 is below that"):
+        eadp_lab.attach(model, "dart", budget=2, tokenizer=T.tokenizer())
+    with pytest.raises(ValueError, match="at least 2 visual tokens"):
+        eadp_lab.attach(model, "dart", budget=1, tokenizer=T.tokenizer(), pivot_image=2)
+    eadp_lab.attach(model, "dart", budget=4, tokenizer=T.tokenizer()).remove()  # the fewest it keeps is allowed
+    assert eadp_lab.attached(model) is None
+
+
 def test_a_sample_with_two_visual_runs_is_refused_by_name():
     class Everything(DecoderPlan):
         drop_layers = (1,)

@@ -74,6 +74,7 @@ class _PerSample(DecoderPlan):
 
     name = ""
     renumber = False
+    min_budget = 1  # the fewest tokens a sample's budget may keep (checked by attach, before the first call)
 
     def shared(self, view: LayerView, store: dict, stage: int):
         return None
@@ -155,6 +156,10 @@ class DARTPlan(_AtLayerK):
     """DART: before layer ``K`` keep pivot tokens and, per pivot, the image tokens least like it."""
 
     name = "dart"
+
+    @property
+    def min_budget(self) -> int:
+        return self.settings.pivot_image  # its image pivots are always kept (dart_token_topk)
 
     def capture(self, view: LayerView, store: dict) -> None:
         store["keys"] = view.keys()  # (B, H_kv, L, d): what layer K-1 caches

@@ -224,6 +224,10 @@ class Pruner:
             depth = len(language_model(model).layers)
             self._plan = METHODS[method].run(next(iter(self._settings.values())), depth)
             DecoderPruner.check(model, self._plan)
+            fewest = getattr(self._plan, "min_budget", 1)  # e.g. DART's image pivots
+            if isinstance(self.budget, int) and self.budget < fewest:
+                raise ValueError(f"{method} keeps at least {fewest} visual tokens per sample: budget {self.budget} "
+                                 "is below that")
         self.instructions: list[str] | None = None
         self.history: list[CallRecord] = []
         self._previous_prompt = None
