@@ -268,21 +268,12 @@ class Lab:
         """``(runs, refused)``: the methods of ``names`` (registry names or ablations; ``"none"`` always
         runs) that attach to this model at ``budget``, in order, and ``{name: the one-line reason}`` of
         those :func:`eadp_lab.attach` refuses (VisionZip on a tower without [CLS], PyramidDrop's stages
-        on a model too shallow to keep them apart, ...). Nothing runs: each is attached and removed."""
-        runs, refused = [], {}
-        for name in names:
-            if name == "none":
-                runs.append(name)
-                continue
-            registry, settings = self.settings(name)
-            try:
-                with self._attach(registry, check_budget(budget), settings):
-                    pass
-            except ValueError as exc:
-                refused[name] = str(exc)
-                continue
-            runs.append(name)
-        return runs, refused
+        on a model too shallow to keep them apart, ...). Nothing runs: each is attached and removed
+        (:func:`eadp_lab.bench.accuracy.applicable_methods`, as ``bench accuracy`` chooses its defaults)."""
+        from .bench.accuracy import applicable_methods
+
+        return applicable_methods(names, self.model, self.processor, self.clip, self.clip_tokenizer, self.scoring,
+                                  check_budget(budget))
 
     def _encode(self, image, question: str):
         return to_model(self.processor(images=[image], text=[prompt_for(self.processor, question)],

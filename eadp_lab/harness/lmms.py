@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from loguru import logger
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from .._io import check_output
+from .._io import check_output, write_json
+from ..evaluation.answers import record_path
 from .model_args import harness_args, signed
 from .requests import batches, generate_kwargs, records_path, until_cut
 
@@ -60,11 +60,10 @@ class EADPLab(lmms):
             self.args.pretrained, self.args.clip, dtype=as_dtype(self.args.dtype, device), **placement)
         self.args = signed(self.args, self.clip)
         self.batch_size = self.args.batch_size
-        self.records.parent.mkdir(parents=True, exist_ok=True)
         self.records.write_text("")
-        run = {**self.args.describe(), "model_class": type(self.model).__name__,
-               "dtype": str(self.model.dtype).removeprefix("torch."), "device": str(self.model.device)}
-        Path(f"{self.records}.run.json").write_text(json.dumps(run, indent=1) + "\n")
+        write_json(record_path(self.records), {**self.args.describe(), "model_class": type(self.model).__name__,
+                                               "dtype": str(self.model.dtype).removeprefix("torch."),
+                                               "device": str(self.model.device)})
         logger.info(f"eadp_lab: {self.args.method} at budget {self.args.budget} on {type(self.model).__name__}; "
                     f"per-request kept tokens and pruning time -> {self.records}")
 

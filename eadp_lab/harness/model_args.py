@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from .._checks import check_budget_or_fraction, check_choice
-from ..evaluation.loading import DTYPES, ModelLoadError
+from ..evaluation.loading import DTYPES, ModelLoadError, load_checked, load_error
 from ..methods.settings import method_names, method_settings
 from ..models.layouts import FAMILIES
 
@@ -59,24 +59,18 @@ class HarnessArgs:
 def model_class(pretrained: str) -> str:
     """The model class a checkpoint declares (``architectures[0]`` of its ``config.json``), read without
     loading weights: from a local folder, else through ``AutoConfig`` (a hub id in the local cache).
-    :class:`~eadp_lab.evaluation.loading.ModelLoadError` when there is none."""
+    :class:`~eadp_lab.evaluation.loading.ModelLoadError` when there is none (:func:`load_error` says what is
+    wrong with the folder or hub id, as loading the model would)."""
     path = Path(pretrained)
     if path.exists():
-        config = path / "config.json"
-        if not config.is_file():
-            raise ModelLoadError(f"pretrained={pretrained}: no config.json there (not a transformers checkpoint)")
         try:
-            architectures = json.loads(config.read_text()).get("architectures") or []
-        except ValueError as exc:
-            raise ModelLoadError(f"pretrained={pretrained}: {config} is not valid JSON ({exc})") from None
+            architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+        except (OSError, ValueError) as exc:
+            raise load_error("model", pretrained, exc) from None
     else:
         from transformers import AutoConfig
 
-        try:
-            architectures = AutoConfig.from_pretrained(pretrained).architectures or []
-        except Exception as exc:  # noqa: BLE001 (offline, missing, gated: one line naming it)
-            raise ModelLoadError(f"pretrained={pretrained!r} is not a folder here and its config could not be "
-                                 f"read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        architectures = load_checked("model", pretrained, AutoConfig.from_pretrained).architectures or []
     if not architectures:
         raise ModelLoadError(f"pretrained={pretrained}: its config.json names no architectures (model class)")
     return architectures[0]

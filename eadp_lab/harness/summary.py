@@ -84,6 +84,8 @@ def summary_frame(runs: list[dict]):
 def main(argv=None) -> int:
     import argparse
 
+    import pandas as pd
+
     parser = argparse.ArgumentParser(prog="python -m eadp_lab lmms-summary", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="each run's --output_path")
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
         scores, costs = summary_frame([read_run(f) for f in args.folders])
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 50):
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(scores.round(4).to_string())
         print()
         print(costs.round(2).to_string())
